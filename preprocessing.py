@@ -1,0 +1,401 @@
+"""RSC15 preprocessing: yoochoose-clicks.dat -> time-split train/valid/test files.
+
+Implements the rules of the official GRU4Rec example (examples/rsc15/preprocess.py of
+hidasib/GRU4Rec), spec A1-A8, and the de-duplicated "Yoochoose" variant of the authors'
+third-party comparison (spec A10).
+
+    python preprocessing.py                                   # data/yoochoose-clicks.dat -> data/rsc15_*.txt
+    python preprocessing.py --input ../input/recsys-challenge-2015/yoochoose-clicks.dat
+
+rsc15 (default), spec A3-A7:
+  1. keep sessions with more than one click; 2. keep clicks on items with support >= 5;
+  3. keep sessions with at least two clicks (one pass each, in this order, no de-duplication).
+  test = sessions whose LAST click is within `test_days` days of the last click of the data;
+  test clicks on items unseen in train_full are dropped, then test sessions shorter than 2.
+  The same rule applied to train_full gives train_tr / train_valid.
+  Output: rsc15_train_full.txt, rsc15_test.txt, rsc15_train_tr.txt, rsc15_train_valid.txt
+  (TAB, header SessionId ItemId Time, Time in float UTC seconds, rows in raw-file order).
+
+yoochoose, spec A10: clicks (+ yoochoose-test.dat), integer UTC seconds, consecutive repeats
+  removed, {drop length-1 sessions; drop items with support < 5} repeated until stable; test =
+  sessions that START in the last day(s), train = clicks before that point (sessions cut there).
+
+--recent_fraction N keeps only the most recent 1/N of the training sessions (the "YOOCHOOSE 1/64"
+  protocol of NARM/STAMP/SR-GNN): the training sessions are ordered by their last click (ties by
+  session id) and the last floor(n/N) of them are kept, in train_full and in train_tr alike. For
+  rsc15 the test and validation files are then filtered again against the reduced training items
+  (unseen items out, then sessions shorter than 2), so every file pair stays consistent.
+  The files get the prefix `<variant>_1_<N>_`.
+
+Timestamps are parsed as UTC (the official script used the machine's local zone; a constant
+offset cannot change any split, spec A2). Reading uses pyarrow's multi-threaded CSV parser.
+"""
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from dataset import InputError, run_cli, write_atomically
+
+DAY = 86400
+MAX_RUNS = 1000   # a file taking more runs of lines than this from a formatted chunk is cut by a byte mask
+RAW_COLUMNS = ['SessionId', 'Timestamp', 'ItemId', 'Category']
+KAGGLE_HINT = 'on Kaggle: --input ../input/recsys-challenge-2015/yoochoose-clicks.dat'
+
+
+# ---------------------------------------------------------------- reading the raw file
+
+def read_clicks(path):
+    """Read a raw yoochoose click file (no header; session,timestamp,item,category).
+
+    Returns a dict of numpy arrays: session (int64), time_ms (int64, UTC milliseconds), item (int64),
+    in file order. Any malformed line raises InputError naming the file and the line number.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f'{path}: no such file (download yoochoose-clicks.dat from the RecSys '
+                         f'Challenge 2015 and pass --input; {KAGGLE_HINT})')
+    if os.path.getsize(path) == 0:
+        raise InputError(f'{path}: the file is empty (expected lines of session,timestamp,item,category)')
+    types = {'SessionId': pa.int64(), 'Timestamp': pa.timestamp('ms', tz='UTC'), 'ItemId': pa.int64()}
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=RAW_COLUMNS, block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(delimiter=','),
+            convert_options=pacsv.ConvertOptions(include_columns=RAW_COLUMNS[:3], column_types=types,
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as err:
+        raise InputError(find_bad_line(path) or f'{path}: cannot be read as session,timestamp,item,category '
+                                                f'lines ({str(err).splitlines()[0]})') from None
+    if table.num_rows == 0:
+        raise InputError(f'{path}: the file holds no clicks')
+    if any(table[c].null_count for c in RAW_COLUMNS[:3]):
+        raise InputError(find_bad_line(path) or f'{path}: empty session, timestamp or item field')
+    return {'session': table['SessionId'].to_numpy(),
+            'time_ms': table['Timestamp'].cast(pa.int64()).to_numpy(),
+            'item': table['ItemId'].to_numpy()}
+
+
+def find_bad_line(path):
+    """Slow line-by-line scan that names the first malformed line (only run after a failed fast read)."""
+    import datetime
+    with open(path, 'rb') as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.rstrip(b'\r\n').decode('utf-8', errors='replace')
+            shown = line if len(line) <= 80 else line[:77] + '...'
+            fields = line.split(',')
+            if len(fields) != 4:
+                return (f'{path}, line {number}: expected 4 comma-separated fields '
+                        f'(session,timestamp,item,category), got {len(fields)}: {shown!r}')
+            for name, value in (('session id', fields[0]), ('item id', fields[2])):
+                try:
+                    int(value)
+                except ValueError:
+                    return f'{path}, line {number}: {name} must be an integer, got {value!r}'
+            try:
+                datetime.datetime.fromisoformat(fields[1].replace('Z', '+00:00'))
+            except ValueError:
+                return (f'{path}, line {number}: unparsable timestamp {fields[1]!r} '
+                        f'(expected e.g. 2014-04-07T10:51:09.277Z)')
+    return None
+
+
+# ---------------------------------------------------------------- vectorised helpers
+
+def dense_codes(values):
+    """Map values to 0..n-1 (any order). Contiguous runs (a file sorted by id) take a fast path."""
+    if len(values) and np.all(values[1:] >= values[:-1]):
+        starts = np.r_[0, np.flatnonzero(values[1:] != values[:-1]) + 1]
+        return np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(values)]))
+    import pandas as pd
+    return pd.factorize(values)[0]
+
+
+def session_and_item_codes(clicks):
+    """Dense codes of sessions and items (computed side by side: numpy and pandas release the GIL)."""
+    with ThreadPoolExecutor(2) as pool:
+        items = pool.submit(dense_codes, clicks['item'])
+        clicks['s_code'] = dense_codes(clicks['session'])
+        clicks['i_code'] = items.result()
+    return clicks['s_code'], clicks['i_code']
+
+
+def group_size(codes, mask):
+    """Number of masked rows in each row's group, broadcast back to the rows."""
+    return np.bincount(codes[mask], minlength=codes.max() + 1)[codes]
+
+
+def per_group(reduce, codes, values, mask, fill):
+    """One reduced value per group code (groups without masked rows get `fill`)."""
+    out = np.full(codes.max() + 1, fill, dtype=float)
+    reduce.at(out, codes[mask], values[mask].astype(float))     # same dtypes: numpy's fast path
+    return out
+
+
+def split_by_session_end(s_codes, i_codes, end, mask, item_count, horizon):
+    """Spec A4-A5 on the rows of `mask`: sessions ending before (last click - horizon) train, the rest test.
+
+    end: each session's last click; item_count: clicks per item within mask. Test clicks on items
+    absent from train are dropped, then test sessions left shorter than 2. Returns (train mask,
+    test mask, clicks per item within train). Only the (small) test side is handled row by row.
+    """
+    in_train = (end < end[np.isfinite(end)].max() - horizon)[s_codes]
+    train = mask & in_train
+    test_rows = np.flatnonzero(mask & ~in_train)
+    train_count = item_count - np.bincount(i_codes[test_rows], minlength=len(item_count))
+    return train, rows_to_mask(refilter(s_codes, i_codes, test_rows, train_count > 0), len(mask)), train_count
+
+
+def refilter(s_codes, i_codes, rows, known_item):
+    """Spec A5 on a few rows: drop clicks on items not `known_item`, then sessions left shorter than 2."""
+    rows = rows[known_item[i_codes[rows]]]
+    _, session, size = np.unique(s_codes[rows], return_inverse=True, return_counts=True)
+    return rows[size[session] >= 2]
+
+
+def rows_to_mask(rows, n):
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def keep_recent_sessions(s_codes, session_ids, time, mask, fraction):
+    """Keep the most recent floor(n/fraction) sessions of mask, ordered by last click then session id."""
+    end = per_group(np.maximum, s_codes, time, mask, -np.inf)
+    ids = np.zeros(len(end), dtype=session_ids.dtype)
+    ids[s_codes] = session_ids
+    present = np.flatnonzero(np.isfinite(end))
+    order = present[np.lexsort((ids[present], end[present]))]
+    keep = np.zeros(len(end), dtype=bool)
+    keep[order[len(order) - len(order) // fraction:]] = True
+    return mask & keep[s_codes]
+
+
+# ---------------------------------------------------------------- the two variants
+
+def rsc15(clicks, test_days=1, recent_fraction=None):
+    """Spec A3-A6 on clicks in file order. Returns {set name: boolean row mask over the clicks}."""
+    s_codes, i_codes = session_and_item_codes(clicks)
+    n_items = i_codes.max() + 1
+    time = clicks['time_ms']
+    keep = (np.bincount(s_codes) > 1)[s_codes]                                   # A3.1
+    keep &= (np.bincount(i_codes[keep], minlength=n_items) >= 5)[i_codes]        # A3.2
+    keep &= group_size(s_codes, keep) >= 2                                       # A3.3
+    if not keep.any():
+        raise InputError('nothing is left after filtering (sessions of >= 2 clicks on items with >= 5 clicks)')
+    end = per_group(np.maximum, s_codes, time, keep, -np.inf)   # last click per session; -inf: filtered out
+    horizon = DAY * 1000 * test_days
+    item_count = np.bincount(i_codes[keep], minlength=n_items)
+    train_full, test, train_count = split_by_session_end(s_codes, i_codes, end, keep, item_count, horizon)
+    if not train_full.any():
+        raise InputError(f'no session ends more than {test_days} day(s) before the last click: train set would be empty')
+    end[~np.isfinite(end) | (end >= end[np.isfinite(end)].max() - horizon)] = -np.inf   # train_full's sessions
+    train_tr, valid, _ = split_by_session_end(s_codes, i_codes, end, train_full, train_count, horizon)
+    if recent_fraction:
+        train_full = keep_recent_sessions(s_codes, clicks['session'], time, train_full, recent_fraction)
+        train_tr = keep_recent_sessions(s_codes, clicks['session'], time, train_tr, recent_fraction)
+        test = refilter_against(s_codes, i_codes, test, train_full)
+        valid = refilter_against(s_codes, i_codes, valid, train_tr)
+    return {'train_full': train_full, 'test': test, 'train_tr': train_tr, 'train_valid': valid}
+
+
+def refilter_against(s_codes, i_codes, test, train):
+    """Spec A5 against a reduced train set (row masks in, row mask out)."""
+    known = np.bincount(i_codes[train], minlength=i_codes.max() + 1) > 0
+    return rows_to_mask(refilter(s_codes, i_codes, np.flatnonzero(test), known), len(test))
+
+
+def sort_for_yoochoose(clicks):
+    """Spec A10's order: sort the clicks by (session, time, item), time in integer UTC seconds."""
+    seconds = clicks['time_ms'] // 1000
+    order = np.lexsort((clicks['item'], seconds, clicks['session']))
+    sorted_clicks = {key: values[order] for key, values in clicks.items()}
+    sorted_clicks['time'] = seconds[order]
+    return sorted_clicks
+
+
+def yoochoose(clicks, test_days=1, recent_fraction=None):
+    """Spec A10 (the authors' comparison preprocessing) on clicks from sort_for_yoochoose.
+
+    Returns {set name: boolean row mask over the sorted clicks}.
+    """
+    time = clicks['time']
+    s_codes, i_codes = session_and_item_codes(clicks)
+    keep = np.ones(len(time), dtype=bool)
+    keep[1:] = ~((s_codes[1:] == s_codes[:-1]) & (i_codes[1:] == i_codes[:-1]))
+    while True:
+        before = keep.sum()
+        keep &= group_size(s_codes, keep) > 1
+        keep &= np.bincount(i_codes[keep], minlength=i_codes.max() + 1)[i_codes] >= 5
+        if keep.sum() == before:
+            break
+    if not keep.any():
+        raise InputError('nothing is left after filtering (sessions of >= 2 clicks on items with >= 5 clicks)')
+    t_split = time[keep].max()
+    start = per_group(np.minimum, s_codes, time, keep, np.inf)[s_codes]
+    horizon = DAY * test_days
+    full = keep
+    test = keep & (start >= t_split - horizon)
+    train_full = keep & (time < t_split - horizon)
+    train_full &= group_size(s_codes, train_full) > 1
+    train_tr = train_full & (time < t_split - 2 * horizon)
+    train_tr &= group_size(s_codes, train_tr) > 1
+    valid = train_full & (start >= t_split - 2 * horizon)
+    if not train_full.any():
+        raise InputError(f'no click lies more than {test_days} day(s) before the last click: train set would be empty')
+    if recent_fraction:
+        train_full = keep_recent_sessions(s_codes, clicks['session'], time, train_full, recent_fraction)
+        train_tr = keep_recent_sessions(s_codes, clicks['session'], time, train_tr, recent_fraction)
+    return {'full': full, 'test': test, 'train_full': train_full, 'train_tr': train_tr, 'train_valid': valid}
+
+
+# ---------------------------------------------------------------- output
+
+def set_stats(clicks, mask):
+    """Events, sessions and items of one set (counted on the dense codes the variants left in clicks)."""
+    return {'events': int(mask.sum()),
+            'sessions': int(np.count_nonzero(np.bincount(clicks['s_code'][mask]))),
+            'items': int(np.count_nonzero(np.bincount(clicks['i_code'][mask])))}
+
+
+class FormattedRows:
+    """Every row formatted once as a TAB line `SessionId ItemId Time`, so each output file is cut from them.
+
+    Formatting numbers is the main cost of writing, so it starts (in chunks, on the thread pool) as soon
+    as the clicks are read and runs beside the filtering; `write` then cuts each file's lines out of the
+    same formatted chunks. format_time turns a chunk of clicks['time'] into what is written.
+    """
+
+    def __init__(self, clicks, pool, format_time=None, chunk=1_000_000):
+        n = len(clicks['time'])
+        self.parts = [slice(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+        self.chunks = [pool.submit(self.format, clicks, part, format_time) for part in self.parts]
+
+    @staticmethod
+    def format(clicks, part, format_time):
+        time = clicks['time'][part]
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(pa.table({'SessionId': clicks['session'][part], 'ItemId': clicks['item'][part],
+                                  'Time': format_time(time) if format_time else time}),
+                        sink, pacsv.WriteOptions(include_header=False, delimiter='\t', batch_size=1 << 16,
+                                                 quoting_style='none'))
+        return sink.getvalue()
+
+    def write(self, paths_and_masks):
+        """Write one file per (path, row mask), with a header, rows in order."""
+        files = [(open(path, 'wb'), mask) for path, mask in paths_and_masks]
+        try:
+            for f, _ in files:
+                f.write(b'SessionId\tItemId\tTime\n')
+            for i, part in enumerate(self.parts):
+                formatted = self.chunks[i].result()
+                self.chunks[i] = None
+                text = np.frombuffer(formatted, dtype=np.uint8)
+                line_start = np.r_[0, np.flatnonzero(text == 10) + 1]
+                for f, mask in files:
+                    for piece in cut_lines(text, line_start, mask[part]):
+                        f.write(piece)
+        finally:
+            for f, _ in files:
+                f.close()
+
+
+def cut_lines(text, line_start, keep):
+    """The bytes of the kept lines: slices of the runs of kept lines, or one byte-masked copy when many."""
+    edges = np.flatnonzero(np.diff(np.r_[False, keep, False])).reshape(-1, 2)   # runs [start, stop)
+    if len(edges) <= MAX_RUNS:
+        return [text[line_start[a]:line_start[b]] for a, b in edges]
+    return [text[np.repeat(keep, np.diff(line_start))]]
+
+
+def milliseconds_as_seconds(ms):
+    """Integer milliseconds -> strings 'S.mmm' (seconds with exactly 3 decimals), digit by digit in numpy.
+
+    Three times cheaper than formatting the float seconds; every string has the width of the largest
+    value (smaller ones get leading zeros, which any float parser accepts). Negative times fall back to
+    float formatting.
+    """
+    if len(ms) == 0 or ms.min() < 0:
+        return ms / 1000.0
+    seconds, millis = np.divmod(ms, 1000)
+    width = len(str(int(seconds.max())))
+    text = np.empty((len(ms), width + 4), dtype=np.uint8)
+    for column, (value, digits) in ((0, (seconds, width)), (width + 1, (millis, 3))):
+        for d in range(column + digits - 1, column - 1, -1):
+            value, digit = np.divmod(value, 10)
+            text[:, d] = digit + 48
+    text[:, width] = ord('.')
+    offsets = np.arange(0, text.size + 1, width + 4, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(len(ms), pa.py_buffer(offsets), pa.py_buffer(text))
+
+
+def preprocess(input_path, output_dir, variant='rsc15', test_days=1, recent_fraction=None, test_input=None,
+               log=print):
+    """Run one variant end to end; returns {file name: stats}. All outputs appear together or not at all."""
+    clicks = read_clicks(input_path)
+    if variant == 'yoochoose':
+        if test_input is None:
+            candidate = os.path.join(os.path.dirname(input_path) or '.', 'yoochoose-test.dat')
+            test_input = candidate if os.path.isfile(candidate) else None
+            if test_input is None:
+                log(f'note: no yoochoose-test.dat beside {input_path}; using the clicks file alone')
+        if test_input is not None:
+            extra = read_clicks(test_input)
+            clicks = {k: np.concatenate([clicks[k], extra[k]]) for k in clicks}
+        clicks = sort_for_yoochoose(clicks)
+        split, prefix, suffix, format_time = yoochoose, 'yoochoose_processed_view_', '.tsv', None
+    else:
+        clicks['time'] = clicks['time_ms']
+        split, prefix, suffix, format_time = rsc15, 'rsc15_', '.txt', milliseconds_as_seconds
+    if recent_fraction:
+        prefix = f'{prefix}1_{recent_fraction}_'
+    with ThreadPoolExecutor(2) as pool:
+        lines = FormattedRows(clicks, pool, format_time)
+        sets = split(clicks, test_days, recent_fraction)
+        stats = {prefix + name + suffix: set_stats(clicks, mask) for name, mask in sets.items()}
+        for file_name, counts in stats.items():
+            log(f'{file_name}\n\tEvents: {counts["events"]}\n\tSessions: {counts["sessions"]}'
+                f'\n\tItems: {counts["items"]}')
+        stats_doc = {'input': os.path.abspath(input_path), 'variant': variant, 'test_days': test_days,
+                     'recent_fraction': recent_fraction, 'sets': stats}
+        paths = [(os.path.join(output_dir, prefix + name + suffix), mask) for name, mask in sets.items()]
+        stats_path = os.path.join(output_dir, prefix + 'stats.json')
+        write_atomically([path for path, _ in paths] + [stats_path], lambda tmp: (
+            lines.write([(tmp[path], mask) for path, mask in paths]),
+            open(tmp[stats_path], 'w').write(json.dumps(stats_doc, indent=2) + '\n')))
+    log(f'wrote {len(paths) + 1} files to {output_dir}')
+    return stats
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='See the module docstring for the exact rules.')
+    p.add_argument('--input', default='data/yoochoose-clicks.dat', help='raw click file (default: %(default)s)')
+    p.add_argument('--output_dir', default='data/', help='where the split files go (default: %(default)s)')
+    p.add_argument('--variant', choices=['rsc15', 'yoochoose'], default='rsc15')
+    p.add_argument('--test_days', type=float, default=1, help='length of the test (and validation) window in days')
+    p.add_argument('--recent_fraction', type=int, default=None, metavar='N',
+                   help='keep only the most recent 1/N of the training sessions (e.g. 64 or 4)')
+    p.add_argument('--test_input', default=None, help='yoochoose-test.dat for the yoochoose variant '
+                                                      '(default: beside --input when present)')
+    args = p.parse_args(argv)
+    if args.test_days <= 0:
+        p.error(f'--test_days must be positive, got {args.test_days}')
+    if args.recent_fraction is not None and args.recent_fraction < 1:
+        p.error(f'--recent_fraction must be a positive integer, got {args.recent_fraction}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    preprocess(args.input, args.output_dir, args.variant, args.test_days, args.recent_fraction, args.test_input)
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'yoochoose-clicks-sample.dat')
+
+needs_sample = pytest.mark.skipif(not os.path.isfile(SAMPLE), reason='../shared/data sample not present')
+
+
+def run_command(*args, cwd=ROOT):
+    """Run one of the project's commands as a user would; returns CompletedProcess (text)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def write_raw(path, rows):
+    """rows: (session, 'YYYY-MM-DDTHH:MM:SS.mmmZ', item) -> a raw yoochoose click file."""
+    with open(path, 'w') as f:
+        for session, stamp, item in rows:
+            f.write(f'{session},{stamp},{item},0\n')
+    return str(path)
+
+
+def write_split(path, rows, header='SessionId\tItemId\tTime'):
+    """rows: (session, item, time) -> a TAB split file with a header."""
+    with open(path, 'w') as f:
+        f.write(header + '\n')
+        for row in rows:
+            f.write('\t'.join(str(v) for v in row) + '\n')
+    return str(path)
