@@ -39,6 +39,9 @@ def run_cli(main):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:            # output piped into e.g. `head`: stop quietly, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def write_atomically(paths, write):

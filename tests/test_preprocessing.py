@@ -274,14 +274,14 @@ def test_a_failed_write_leaves_no_partial_files_and_keeps_earlier_ones(tmp_path,
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'rsc15_test.txt').write_text('an earlier run')
     calls = []
-    real = preprocessing.cut_lines
+    real = preprocessing.format_rows
 
     def failing(*args):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:     # the first group (train_full, train_tr, train_valid) is written by then
             raise OSError(28, 'No space left on device')
         return real(*args)
-    monkeypatch.setattr(preprocessing, 'cut_lines', failing)
+    monkeypatch.setattr(preprocessing, 'format_rows', failing)
     with pytest.raises(preprocessing.InputError, match='No space left'):
         preprocessing.preprocess(path, str(tmp_path / 'out'), log=lambda *a: None)
     assert outputs(tmp_path / 'out') == ['rsc15_test.txt']
@@ -305,8 +305,8 @@ def test_every_file_is_cut_from_the_right_rows_across_chunks(tmp_path, monkeypat
     raw['time'] = raw['time_ms']
     sets = preprocessing.rsc15(raw)
     with preprocessing.ThreadPoolExecutor(2) as pool:
-        lines = preprocessing.FormattedRows(raw, pool, preprocessing.milliseconds_as_seconds, chunk=777)
-        lines.write([(str(tmp_path / f'{n}.txt'), m) for n, m in sets.items()])
+        preprocessing.write_sets([(str(tmp_path / f'{n}.txt'), m) for n, m in sets.items()], raw, pool,
+                                 preprocessing.milliseconds_as_seconds, chunk=777)
     for name, mask in sets.items():
         ours = read_output(tmp_path / f'{name}.txt')
         np.testing.assert_array_equal(ours.SessionId.values, raw['session'][mask])
