@@ -14,7 +14,7 @@ rsc15 (default), spec A3-A7:
   test clicks on items unseen in train_full are dropped, then test sessions shorter than 2.
   The same rule applied to train_full gives train_tr / train_valid.
   Output: rsc15_train_full.txt, rsc15_test.txt, rsc15_train_tr.txt, rsc15_train_valid.txt
-  (TAB, header SessionId ItemId Time, Time in float UTC seconds, rows in raw-file order).
+  (TAB, header SessionId ItemId Time, Time in UTC seconds written with 3 decimals, rows in raw-file order).
 
 yoochoose, spec A10: clicks (+ yoochoose-test.dat), integer UTC seconds, consecutive repeats
   removed, {drop length-1 sessions; drop items with support < 5} repeated until stable; test =
@@ -33,7 +33,6 @@ offset cannot change any split, spec A2). Reading uses pyarrow's multi-threaded 
 import argparse
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
