@@ -141,13 +141,16 @@ def split_by_session_end(s_codes, i_codes, end, mask, item_count, horizon):
 
     end: each session's last click; item_count: clicks per item within mask. Test clicks on items
     absent from train are dropped, then test sessions left shorter than 2. Returns (train mask,
-    test mask, clicks per item within train). Only the (small) test side is handled row by row.
+    test mask, clicks per item within train, `end` of the train sessions only, -inf elsewhere), the last
+    two being what a further split of the train set needs. Only the (small) test side is row by row.
     """
-    in_train = (end < end[np.isfinite(end)].max() - horizon)[s_codes]
+    session_in_train = end < end[np.isfinite(end)].max() - horizon
+    in_train = session_in_train[s_codes]
     train = mask & in_train
     test_rows = np.flatnonzero(mask & ~in_train)
     train_count = item_count - np.bincount(i_codes[test_rows], minlength=len(item_count))
-    return train, rows_to_mask(refilter(s_codes, i_codes, test_rows, train_count > 0), len(mask)), train_count
+    test = rows_to_mask(refilter(s_codes, i_codes, test_rows, train_count > 0), len(mask))
+    return train, test, train_count, np.where(session_in_train, end, -np.inf)
 
 
 def refilter(s_codes, i_codes, rows, known_item):
@@ -190,11 +193,11 @@ def rsc15(clicks, test_days=1, recent_fraction=None):
     end = per_group(np.maximum, s_codes, time, keep, -np.inf)   # last click per session; -inf: filtered out
     horizon = DAY * 1000 * test_days
     item_count = np.bincount(i_codes[keep], minlength=n_items)
-    train_full, test, train_count = split_by_session_end(s_codes, i_codes, end, keep, item_count, horizon)
+    train_full, test, train_count, train_end = split_by_session_end(s_codes, i_codes, end, keep, item_count,
+                                                                    horizon)
     if not train_full.any():
         raise InputError(f'no session ends more than {test_days} day(s) before the last click: train set would be empty')
-    end[~np.isfinite(end) | (end >= end[np.isfinite(end)].max() - horizon)] = -np.inf   # train_full's sessions
-    train_tr, valid, _ = split_by_session_end(s_codes, i_codes, end, train_full, train_count, horizon)
+    train_tr, valid, _, _ = split_by_session_end(s_codes, i_codes, train_end, train_full, train_count, horizon)
     if recent_fraction:
         train_full = keep_recent_sessions(s_codes, clicks['session'], time, train_full, recent_fraction)
         train_tr = keep_recent_sessions(s_codes, clicks['session'], time, train_tr, recent_fraction)
