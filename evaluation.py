@@ -1,5 +1,88 @@
-"""Full-ranking evaluation (spec C): not written yet.
+"""Next-click evaluation: rank the target against ALL training items, Recall@K and MRR@K (spec C).
 
-Session-parallel evaluation against all training items with explicit tie modes, Recall@K and MRR@K,
-arrives with the faithful-core issue (#3). Nothing here runs yet.
+Follows the official evaluators (PT `evaluation.batch_eval`, TH `evaluate_gpu`):
+
+* spec C1-C3  the test file is read with the training item map (unknown items dropped, then sessions
+              shorter than 2); sessions run session-parallel, each from an all-zero hidden state; every
+              click but a session's first is a prediction target, predicted from the clicks before it;
+              dropout is off, no sampling, no logQ;
+* spec C4     raw scores of all N training items (h . W_y + b_y); nothing is excluded;
+* spec C5     rank of the target, with its own score among the N compared:
+                standard      1 + #{score > target}            (optimistic; run.py's default)
+                conservative  #{score >= target}               (pessimistic)
+                median        1 + #{score > target} + (#{score == target} - 1) / 2
+* spec C6     Recall@K = share of targets with rank <= K; MRR@K = mean of 1/rank over them (0 beyond K).
+
+Ranks come from counting comparisons (no sort), and the metric sums stay on the device.
 """
+import numpy as np
+import torch
+
+from dataset import SessionParallelIterator
+
+TIE_MODES = ('standard', 'conservative', 'median')
+DEFAULT_CUTOFFS = (1, 5, 10, 20)
+
+
+def target_ranks(scores, targets, tie_mode='standard'):
+    """Rank (1 = best, float) of targets[a] among the scores of row a; scores (M, N), targets (M,)."""
+    target = scores.gather(1, targets[:, None])
+    if tie_mode == 'standard':
+        return 1.0 + (scores > target).sum(1).to(scores.dtype)
+    if tie_mode == 'conservative':
+        return (scores >= target).sum(1).to(scores.dtype)
+    if tie_mode == 'median':
+        above = (scores > target).sum(1).to(scores.dtype)
+        equal = (scores == target).sum(1).to(scores.dtype)
+        return 1.0 + above + (equal - 1.0) / 2.0
+    raise ValueError(f'unknown tie mode {tie_mode!r}: expected one of {", ".join(TIE_MODES)}')
+
+
+def metrics_from_ranks(ranks, cutoffs=DEFAULT_CUTOFFS):
+    """Recall@K and MRR@K of a vector of ranks (a slow, obvious version for checking)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in cutoffs:
+        hit = ranks <= k
+        out[f'Recall@{k}'] = float(hit.mean())
+        out[f'MRR@{k}'] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu'):
+    """Evaluate a GRU4Rec model on a SessionData read with the model's item map.
+
+    Returns {'Recall@K': .., 'MRR@K': .., 'n_predictions': .., 'tie_mode': ..}.
+    """
+    if tie_mode not in TIE_MODES:
+        raise ValueError(f'unknown tie mode {tie_mode!r}: expected one of {", ".join(TIE_MODES)}')
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise ValueError('the model has non-finite weights (NaN or inf): it cannot be evaluated')
+    was_training = model.training
+    model.eval()
+    cutoffs = sorted(set(int(k) for k in cutoffs))
+    k = torch.tensor(cutoffs, dtype=torch.float64, device=device)
+    hits = torch.zeros(len(cutoffs), dtype=torch.float64, device=device)
+    reciprocal = torch.zeros(len(cutoffs), dtype=torch.float64, device=device)
+    iterator = SessionParallelIterator(data, batch_size)
+    hidden = model.init_hidden(iterator.n_slots, device)
+    for inputs, targets, reset, keep in iterator.torch_steps(device):
+        if keep is not None:
+            hidden = [h[keep] for h in hidden]
+        if reset is not None:
+            hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
+        hidden = model.hidden_step(inputs, hidden)
+        ranks = target_ranks(model.score_all(hidden[-1]), targets, tie_mode).double()
+        within = ranks[:, None] <= k                               # (M, len(cutoffs))
+        hits += within.sum(0)
+        reciprocal += torch.where(within, 1.0 / ranks[:, None], 0.0).sum(0, dtype=torch.float64)
+    model.train(was_training)
+    n = iterator.n_targets
+    out = {}
+    for i, cutoff in enumerate(cutoffs):
+        out[f'Recall@{cutoff}'] = hits[i].item() / n
+        out[f'MRR@{cutoff}'] = reciprocal[i].item() / n
+    out['n_predictions'] = n
+    out['tie_mode'] = tie_mode
+    return out

@@ -120,3 +120,13 @@ def gru4rec_loss(scores, loss, activation, batch_size, bpreg=1.0):
         return bpr_max(x, batch_size, bpreg)
     return {'cross-entropy': cross_entropy, 'xe_logit': xe_logit, 'bpr': bpr, 'top1': top1,
             'top1-max': top1_max}[loss](x, batch_size)
+
+
+def loss_function(loss, activation, batch_size, bpreg=1.0):
+    """gru4rec_loss with the names checked once: returns scores -> loss, for the training loop."""
+    loss, activation = check_pairing(loss, activation)
+    if loss == 'bpr-max':
+        return lambda scores: bpr_max(final_activation(scores, activation), batch_size, bpreg)
+    function = {'cross-entropy': cross_entropy, 'xe_logit': xe_logit, 'bpr': bpr, 'top1': top1,
+                'top1-max': top1_max}[loss]
+    return lambda scores: function(final_activation(scores, activation), batch_size)

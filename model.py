@@ -1,5 +1,195 @@
-"""The GRU4Rec network (spec B3-B4, B8): not written yet.
+"""The GRU4Rec network (Hidasi et al., ICLR 2016; Hidasi & Karatzoglou, CIKM 2018), spec B3, B4, B8.
 
-It arrives with the faithful-core issue (#3): GRU layers, the three embedding modes, dropout on every
-layer's output, the official initialisation and the final activations. Nothing here runs yet.
+Follows the authors' code (hidasib/GRU4Rec_PyTorch_Official `GRU4RecModel`, hidasib/GRU4Rec `model`):
+
+* three input modes (spec B3.1): shared / constrained embedding, where the input vector of item i is row
+  i of the output weights W_y (so the first layer's input width is the LAST layer's size; the
+  recommended mode); a separate embedding table E; or no embedding, where the first layer consumes the
+  one-hot item vector, done as a row lookup of its input weights (N x 3L) - no one-hot is ever built;
+* GRU layers: `torch.nn.GRUCell` (as PT) except the first layer of the no-embedding mode, which is the
+  single-bias cell of spec B3.3 whose input weights are that row lookup;
+* inverted dropout (spec B4): on the input vector (`dropout_p_embed`) and on the output of EVERY layer
+  including the last (`dropout_p_hidden`); the dropped vector is the stored next hidden state and what
+  the next layer and the scores see;
+* scores r_i = h . w_i + b_i; training scores only the candidate rows (spec B5.1: targets of the batch
+  plus shared samples), evaluation scores all N items (`score_all`);
+* the official initialisation (spec B8): every gate block of every weight matrix drawn from
+  U(+-sqrt(6 / (fan_in + fan_out))) by a numpy RNG seeded with `seed` (42 by default), biases zero.
+
+Item tables (W_y, b_y, E, the no-embedding input weights) are looked up with sparse gradients, so the
+optimiser touches only the rows a step used (spec F3); pass `sparse=False` for torch optimisers that
+need dense gradients.
+
+Deliberate differences: in the no-embedding mode `dropout_p_embed` is dropout on the one-hot input
+itself (the looked-up row of a step is dropped with probability p, otherwise scaled by 1/(1-p)) and
+`dropout_p_hidden` applies to that layer's output as to every other layer; the two official codes
+disagree here (spec B4.3). The no-embedding mode works with any number of layers (PT crashes, B12.3).
 """
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def uniform_blocks(rng, shape, blocks=1):
+    """A (rows, cols) matrix made of `blocks` stacked (rows/blocks, cols) gate blocks, each drawn from
+    U(+-sqrt(6 / (rows/blocks + cols))) (spec B8.2)."""
+    rows, cols = shape
+    bound = math.sqrt(6.0 / (rows // blocks + cols))
+    return torch.cat([torch.from_numpy(rng.uniform(-bound, bound, size=(rows // blocks, cols)).astype(np.float32))
+                      for _ in range(blocks)])
+
+
+class RowLookup(torch.autograd.Function):
+    """(table[index_1], table[index_2], ...) whose gradient is row-sparse and already coalesced: one
+    summed row per distinct index.
+
+    Same values and gradient as `F.embedding(index, table, sparse=True)` per index, but the duplicate rows
+    of all lookups are summed here with index_add (torch's sparse embedding leaves that to a slower
+    coalesce), so the optimiser gets each touched row once (spec B9.2). The backward writes the gradient
+    to `table.grad` itself: autograd's accumulation would drop the "coalesced" flag of a sparse tensor
+    and the optimiser would sort the rows again every step.
+    """
+
+    @staticmethod
+    def forward(ctx, table, *indices):
+        rows, inverse = torch.unique(torch.cat(indices), return_inverse=True)
+        ctx.save_for_backward(rows, inverse)
+        ctx.table = table
+        return tuple(table.index_select(0, index) for index in indices)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        rows, inverse = ctx.saved_tensors
+        table = ctx.table
+        summed = grads[0].new_zeros(len(rows), table.shape[1])
+        start = 0
+        for grad in grads:
+            summed.index_add_(0, inverse[start:start + len(grad)], grad)
+            start += len(grad)
+        sparse = torch.sparse_coo_tensor(rows[None], summed, table.shape, is_coalesced=True, check_invariants=False)
+        table.grad = sparse if table.grad is None else table.grad + sparse
+        return (None,) * (1 + len(grads))
+
+
+def lookup(table, *indices, sparse=True):
+    """Rows of `table` for each index tensor (a tuple); row-sparse gradients unless sparse=False."""
+    if sparse:
+        return RowLookup.apply(table, *indices)
+    return tuple(table.index_select(0, index) for index in indices)
+
+
+class GRU4Rec(nn.Module):
+    """layers: list of GRU sizes. embedding: 0 = none, k > 0 = separate table of width k.
+    constrained_embedding: shared input/output item vectors (takes precedence over `embedding`)."""
+
+    def __init__(self, n_items, layers=(100,), embedding=0, constrained_embedding=True,
+                 dropout_p_embed=0.0, dropout_p_hidden=0.0, seed=42, sparse=True):
+        super().__init__()
+        if n_items < 1 or not layers or min(layers) < 1:
+            raise ValueError(f'need n_items >= 1 and positive layer sizes, got {n_items}, {list(layers)}')
+        for name, p in (('dropout_p_embed', dropout_p_embed), ('dropout_p_hidden', dropout_p_hidden)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f'{name} must be in [0, 1), got {p}')
+        self.n_items, self.layers = n_items, list(layers)
+        self.mode = 'shared' if constrained_embedding else ('separate' if embedding > 0 else 'none')
+        self.dropout_p_embed, self.dropout_p_hidden = dropout_p_embed, dropout_p_hidden
+        self.sparse = sparse
+        rng = np.random.RandomState(seed)
+        last = self.layers[-1]
+        # output layer [W_y | b_y] as one row-sparse table: row i = item i's output weights, then its bias
+        self.Y = nn.Parameter(torch.cat([uniform_blocks(rng, (n_items, last)), torch.zeros(n_items, 1)], dim=1))
+        first = self.layers[0]
+        if self.mode == 'separate':
+            self.E = nn.Parameter(uniform_blocks(rng, (n_items, embedding)))
+        if self.mode == 'none':
+            # one-hot first layer (spec B3.3): input weights N x 3L as a lookup table, one bias, recurrent U
+            self.Wx0 = nn.Parameter(torch.cat([uniform_blocks(rng, (n_items, first))
+                                               for _ in range(3)], dim=1))   # blocks: reset, update, candidate
+            self.Bx0 = nn.Parameter(torch.zeros(3 * first))
+            self.U0 = nn.Parameter(torch.cat([uniform_blocks(rng, (first, first))
+                                              for _ in range(3)], dim=1))
+        widths = {'shared': last, 'separate': embedding, 'none': first}
+        cells = []
+        for i, size in enumerate(self.layers):
+            if i == 0 and self.mode == 'none':
+                continue
+            fan_in = widths[self.mode] if i == 0 else self.layers[i - 1]
+            cell = nn.GRUCell(fan_in, size)
+            with torch.no_grad():
+                cell.weight_ih.copy_(uniform_blocks(rng, (3 * size, fan_in), 3))
+                cell.weight_hh.copy_(uniform_blocks(rng, (3 * size, size), 3))
+                cell.bias_ih.zero_()
+                cell.bias_hh.zero_()
+            cells.append(cell)
+        self.cells = nn.ModuleList(cells)
+
+    def init_hidden(self, batch_size, device=None):
+        return [torch.zeros(batch_size, size, device=device) for size in self.layers]
+
+    def _lookup(self, table, index):
+        return lookup(table, index, sparse=self.sparse)[0]
+
+    def _dropout(self, x, p):
+        return F.dropout(x, p, training=True) if self.training and p > 0 else x
+
+    def _first_layer_onehot(self, inputs, h):
+        """Spec B3.3: [a_r, a_z, a_h] = x W_x + b with x one-hot; r, z gates and candidate from h U."""
+        a = self._lookup(self.Wx0, inputs)
+        if self.training and self.dropout_p_embed > 0:     # dropout of the one-hot input: the whole row
+            keep = torch.rand(len(inputs), 1, device=a.device) >= self.dropout_p_embed
+            a = a * keep / (1.0 - self.dropout_p_embed)
+        a = a + self.Bx0
+        L = h.shape[1]
+        hu = h @ self.U0[:, :2 * L]
+        r = torch.sigmoid(a[:, :L] + hu[:, :L])
+        z = torch.sigmoid(a[:, L:2 * L] + hu[:, L:])
+        candidate = torch.tanh((r * h) @ self.U0[:, 2 * L:] + a[:, 2 * L:])
+        return h + z * (candidate - h)                  # (1 - z) h + z candidate
+
+    def hidden_step(self, inputs, hidden, input_vectors=None):
+        """One step of the GRU stack for item indices `inputs` (M,); hidden: list of (M, L) tensors.
+
+        Returns the new hidden list; its last entry is the (dropped-out) top output used for scoring.
+        """
+        new = []
+        cells = iter(self.cells)
+        if self.mode == 'none':
+            x = self._first_layer_onehot(inputs, hidden[0])
+            x = self._dropout(x, self.dropout_p_hidden)
+            new.append(x)
+        else:
+            x = input_vectors if input_vectors is not None else \
+                (self._lookup(self.Y, inputs)[:, :-1] if self.mode == 'shared' else self._lookup(self.E, inputs))
+            x = self._dropout(x, self.dropout_p_embed)
+        for h in hidden[len(new):]:
+            x = self._dropout(next(cells)(x, h), self.dropout_p_hidden)
+            new.append(x)
+        return new
+
+    def forward(self, inputs, hidden, candidates):
+        """Training step: scores (M, C) of the candidate items for every row, and the new hidden list."""
+        if self.mode == 'shared':     # one lookup for inputs and candidates (they share W_y)
+            x, y = lookup(self.Y, inputs, candidates, sparse=self.sparse)
+            hidden = self.hidden_step(inputs, hidden, input_vectors=x[:, :-1])
+        else:
+            hidden = self.hidden_step(inputs, hidden)
+            y = self._lookup(self.Y, candidates)
+        h = F.pad(hidden[-1], (0, 1), value=1.0)           # [h, 1] . [w_i, b_i] = h . w_i + b_i
+        return F.linear(h, y), hidden
+
+    def score_all(self, h):
+        """Scores of all N items for top-layer states h (M, L): (M, N), spec B3.2 / C4."""
+        return torch.addmm(self.By, h, self.Wy.T)
+
+    @property
+    def Wy(self):
+        """Output weights W_y (N, L_last); in shared mode also the input vectors."""
+        return self.Y[:, :-1]
+
+    @property
+    def By(self):
+        """Output biases b_y (N,)."""
+        return self.Y[:, -1]

@@ -1,4 +1,82 @@
-"""Adagrad with heavy-ball momentum and row-sparse updates (spec B9): not written yet.
+"""Optimisers: the official Adagrad with heavy-ball momentum (spec B9) and torch's own, by name.
 
-It arrives with the faithful-core issue (#3). Nothing here runs yet.
+The official rule (PT `IndexedAdagradM`, TH `adagrad` + momentum), per parameter with gradient g,
+accumulator G and velocity v (both start at 0), learning rate lr, momentum mu, eps = 1e-6:
+
+    G <- G + g^2;   step = -lr * g / sqrt(G + eps)     (eps INSIDE the square root)
+    mu > 0:  v <- mu * v + step;  theta <- theta + v        mu = 0:  theta <- theta + step
+
+For a row-sparse gradient (the item tables, looked up with sparse gradients) duplicate rows are summed
+first and only the touched rows of G, v and theta change; untouched rows' velocity does not decay
+(spec B9.2, as PT). torch.optim.Adagrad is not this rule (eps outside the root, no momentum).
 """
+import torch
+
+OPTIMIZERS = ('AdagradM', 'Adagrad', 'Adam', 'SGD', 'RMSprop')
+SPARSE_OK = ('AdagradM', 'Adagrad')        # the others get dense gradients from the model
+
+
+class AdagradM(torch.optim.Optimizer):
+    """The official GRU4Rec optimiser; dense and row-sparse (torch sparse COO) gradients."""
+
+    def __init__(self, params, lr=0.1, momentum=0.0, eps=1e-6):
+        if lr <= 0 or not 0.0 <= momentum < 1.0:
+            raise ValueError(f'AdagradM needs lr > 0 and 0 <= momentum < 1, got lr={lr}, momentum={momentum}')
+        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, mu, eps = group['lr'], group['momentum'], group['eps']
+            dense = []
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state['acc'] = torch.zeros_like(p)
+                    state['velocity'] = torch.zeros_like(p)
+                if p.grad.is_sparse:
+                    self._sparse_step(p, state, lr, mu, eps)
+                else:
+                    dense.append(p)
+            if dense:    # the same rule for all dense tensors at once (torch._foreach_*: fewer kernel calls)
+                grads = [p.grad for p in dense]
+                accs = [self.state[p]['acc'] for p in dense]
+                torch._foreach_addcmul_(accs, grads, grads)
+                steps = torch._foreach_div(grads, torch._foreach_sqrt(torch._foreach_add(accs, eps)))
+                torch._foreach_mul_(steps, -lr)
+                if mu > 0:
+                    velocities = [self.state[p]['velocity'] for p in dense]
+                    torch._foreach_mul_(velocities, mu)
+                    torch._foreach_add_(velocities, steps)
+                    steps = velocities
+                torch._foreach_add_(dense, steps)
+
+    @staticmethod
+    def _sparse_step(p, state, lr, mu, eps):
+        """Only the rows present in the (coalesced) sparse gradient are read and written."""
+        grad = p.grad.coalesce()
+        rows, g = grad.indices()[0], grad.values()
+        G = state['acc'].index_select(0, rows).addcmul_(g, g)
+        state['acc'].index_copy_(0, rows, G)
+        step = G.add_(eps).rsqrt_().mul_(g).mul_(-lr)                # -lr * g / sqrt(G + eps)
+        if mu > 0:
+            step.add_(state['velocity'].index_select(0, rows), alpha=mu)    # mu * v + step
+            state['velocity'].index_copy_(0, rows, step)
+        p.index_add_(0, rows, step)
+
+
+def make_optimizer(name, params, lr, momentum=0.0):
+    """--optimizer_type: AdagradM (official, the default) or one of torch's Adagrad, Adam, SGD, RMSprop."""
+    if name == 'AdagradM':
+        return AdagradM(params, lr=lr, momentum=momentum)
+    if name == 'Adagrad':
+        return torch.optim.Adagrad(params, lr=lr)
+    if name == 'Adam':
+        return torch.optim.Adam(params, lr=lr)
+    if name == 'SGD':
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == 'RMSprop':
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum)
+    raise ValueError(f'unknown optimizer {name!r}: expected one of {", ".join(OPTIMIZERS)}')

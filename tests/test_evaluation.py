@@ -1,0 +1,86 @@
+"""evaluation.py: tie modes on hand-made score vectors, and the session-parallel evaluation against a
+brute-force per-session loop written for the test (spec C)."""
+import pytest
+import torch
+
+from conftest import write_split
+from dataset import ItemMap, SessionData
+from evaluation import evaluate, metrics_from_ranks, target_ranks
+from model import GRU4Rec
+
+
+def test_tie_modes_on_hand_made_scores():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.5],     # target 0: 1 above, 2 others tie with it
+                           [0.3, 0.3, 0.3, 0.3, 0.3],     # target 4: everything ties
+                           [0.0, 0.2, 0.4, 0.6, 0.8]])    # target 4: strictly best
+    targets = torch.tensor([0, 4, 4])
+    assert target_ranks(scores, targets, 'standard').tolist() == [2.0, 1.0, 1.0]
+    assert target_ranks(scores, targets, 'conservative').tolist() == [4.0, 5.0, 1.0]
+    assert target_ranks(scores, targets, 'median').tolist() == [3.0, 3.0, 1.0]
+    with pytest.raises(ValueError, match='tie mode'):
+        target_ranks(scores, targets, 'random')
+
+
+def test_metrics_hit_means_rank_at_most_k():
+    m = metrics_from_ranks([1, 5, 6, 20, 21], cutoffs=(5, 20))
+    assert m['Recall@5'] == pytest.approx(2 / 5)
+    assert m['MRR@5'] == pytest.approx((1 + 1 / 5) / 5)
+    assert m['Recall@20'] == pytest.approx(4 / 5)
+    assert m['MRR@20'] == pytest.approx((1 + 1 / 5 + 1 / 6 + 1 / 20) / 5)
+
+
+def brute_force(model, sessions, tie_mode, cutoffs):
+    """One session at a time from a zero state; every click but the first ranked against all items."""
+    ranks = []
+    model.eval()
+    with torch.no_grad():
+        for items in sessions:
+            hidden = model.init_hidden(1)
+            for current, following in zip(items[:-1], items[1:]):
+                hidden = model.hidden_step(torch.tensor([current]), hidden)
+                scores = model.score_all(hidden[-1])[0]
+                target = scores[following]
+                if tie_mode == 'standard':
+                    ranks.append(1 + sum(1 for s in scores if s > target))
+                else:
+                    ranks.append(sum(1 for s in scores if s >= target))
+    model.train()
+    return metrics_from_ranks(ranks, cutoffs), len(ranks)
+
+
+@pytest.mark.parametrize('mode,layers', [('shared', [8]), ('none', [6, 5]), ('separate', [7])])
+def test_session_parallel_evaluation_equals_brute_force(tmp_path, mode, layers):
+    n_items = 12
+    item_map = ItemMap([f'i{k}' for k in range(n_items)])
+    generator = torch.Generator().manual_seed(3)
+    sessions, rows = [], []
+    for s in range(23):
+        length = int(torch.randint(1, 7, (1,), generator=generator))
+        items = torch.randint(0, n_items, (length,), generator=generator).tolist()
+        if length >= 2:
+            sessions.append(items)
+        rows += [(s, f'i{item}', 100 * s + t) for t, item in enumerate(items)]
+    rows.append((99, 'unknown', 5000))                  # dropped (spec C1)
+    data = SessionData(write_split(tmp_path / 'test.txt', rows), item_map=item_map)
+    model = GRU4Rec(n_items, layers=layers, constrained_embedding=mode == 'shared',
+                    embedding=7 if mode == 'separate' else 0, dropout_p_hidden=0.3)
+    with torch.no_grad():
+        model.Y[:, -1].uniform_(-0.2, 0.2)
+        model.Y[3] = model.Y[5]                          # identical items: real ties in the scores
+    for tie_mode in ('standard', 'conservative'):
+        expected, n = brute_force(model, sessions, tie_mode, (1, 3, 5))
+        got = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=4)
+        assert got['n_predictions'] == n == sum(len(s) - 1 for s in sessions)
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-12), (tie_mode, key)
+    assert model.training                                # evaluate() restores the mode it found
+
+
+def test_refuses_a_model_with_nan_weights(tmp_path):
+    model = GRU4Rec(3, layers=[2])
+    with torch.no_grad():
+        model.Y[1, 0] = float('nan')
+    data = SessionData(write_split(tmp_path / 't.txt', [(1, 'a', 1), (1, 'b', 2)]),
+                       item_map=ItemMap(['a', 'b', 'c']))
+    with pytest.raises(ValueError, match='non-finite'):
+        evaluate(model, data)

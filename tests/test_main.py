@@ -1,0 +1,232 @@
+"""main.py: configuration precedence, the training loop (spec B2 reset, G3/G4), checkpoints, --is_eval,
+and bad input. Runs on a small synthetic split made by the project's own generator."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import main
+import preprocessing
+from conftest import SAMPLE, needs_sample, run_command, write_split
+from dataset import InputError, SessionData, SessionParallelIterator
+from scripts.make_synthetic import generate, write_raw
+
+SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--n_epochs', '2', '--dropout_hidden', '0.1']
+
+
+@pytest.fixture(scope='module')
+def split(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('data')
+    raw = folder / 'yoochoose-clicks.dat'
+    write_raw(str(raw), generate(3000, 200, days=12, seed=3))
+    preprocessing.preprocess(str(raw), str(folder) + '/')
+    return folder
+
+
+def config_of(*argv):
+    return main.resolve_config(main.parse_args(list(argv)))
+
+
+# ---------------------------------------------------------------- configuration
+
+def test_loss_alone_brings_its_published_settings():
+    top1 = config_of('--loss_type', 'TOP1')
+    assert top1['loss_type'] == 'top1' and top1['final_act'] == 'tanh'
+    assert top1['batch_size'] == 50 and top1['n_sample'] == 0 and top1['constrained_embedding'] is False
+    xe = config_of()
+    assert xe == {**main.DEFAULTS, **main.PRESETS['rsc15_xe_shared_100']}
+    bprmax = config_of('--loss_type', 'BPR-max', '--lr', '0.07')
+    assert bprmax['final_act'] == 'elu-0.5' and bprmax['layers'] == [224] and bprmax['lr'] == 0.07
+    assert config_of('--loss_type', 'CrossEntropy')['final_act'] == 'softmax'
+    assert config_of('--loss_type', 'TOP1-max')['final_act'] == 'elu-0.5'      # elu suits TOP1-max too
+
+
+def test_flags_override_params_and_port_style_flags():
+    c = config_of('--params', 'iclr16_bpr', '--hidden_size', '64', '--num_layers', '2', '--no-constrained_embedding',
+                  '--momentum', '0')
+    assert c['loss_type'] == 'bpr' and c['layers'] == [64, 64] and c['momentum'] == 0 and c['batch_size'] == 50
+    c = config_of('--params', 'rsc15_xe_shared_100', '--loss_type', 'bpr-max')
+    assert c['final_act'] == 'elu-0.5' and c['lr'] == 0.2           # softmax does not suit BPR-max: its default
+    c = config_of('--embedding_dim', '64')
+    assert c['constrained_embedding'] is False and c['embedding_dim'] == 64
+    assert config_of('--embedding_dim', '-1', '--constrained_embedding')['embedding_dim'] == 0
+
+
+def test_official_paramfile_and_parameter_string(tmp_path):
+    paramfile = tmp_path / 'rsc15_bprmax.py'
+    paramfile.write_text("from collections import OrderedDict\ngru4rec_params = OrderedDict([\n"
+                         "('loss', 'bpr-max'), ('constrained_embedding', True), ('embedding', 0), ('elu_param', 1),\n"
+                         "('layers', [96]), ('n_epochs', 10), ('batch_size', 48), ('dropout_p_embed', 0.1),\n"
+                         "('dropout_p_hidden', 0.2), ('learning_rate', 0.08), ('momentum', 0.3), ('n_sample', 2048),\n"
+                         "('sample_alpha', 0.3), ('bpreg', 1.5), ('logq', 0.0)])\n")
+    c = config_of('--params', str(paramfile), '--batch_size', '64')
+    assert (c['loss_type'], c['final_act'], c['layers'], c['batch_size'], c['dropout_input'], c['lr'],
+            c['bpreg']) == ('bpr-max', 'elu-1', [96], 64, 0.1, 0.08, 1.5)
+    c = config_of('--params', 'loss=cross-entropy,layers=200,learning_rate=0.05,logq=1')
+    assert c['layers'] == [200] and c['lr'] == 0.05 and c['logq'] == 1 and c['final_act'] == 'softmax'
+    with pytest.raises(InputError, match="unknown parameter 'hidden'"):
+        config_of('--params', 'hidden=3')
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--loss_type', 'hinge'], 'unknown loss'),
+    (['--loss_type', 'CE', '--final_act', 'tanh'], 'cannot be used with cross-entropy'),
+    (['--final_act', 'elu-x', '--loss_type', 'bpr-max'], 'unknown final activation'),
+    (['--dropout_hidden', '1.5'], '--dropout_hidden must be in'),
+    (['--batch_size', '0'], '--batch_size must be >= 1'),
+    (['--optimizer_type', 'Adamax'], '--optimizer_type must be one of'),
+    (['--params', 'no_such_preset'], 'not a preset'),
+])
+def test_bad_configuration_is_one_clear_error(argv, message):
+    with pytest.raises(InputError, match=message):
+        config_of(*argv)
+
+
+# ---------------------------------------------------------------- the training loop
+
+class Spy(torch.nn.Module):
+    """Wraps a model and records the hidden state each training step receives."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, inputs, hidden, candidates):
+        self.seen.append((inputs.clone(), [h.detach().clone() for h in hidden], len(candidates)))
+        return self.model(inputs, hidden, candidates)
+
+    def init_hidden(self, *args):
+        return self.model.init_hidden(*args)
+
+
+def test_hidden_state_is_zero_exactly_at_each_new_session(tmp_path):
+    rows = [(1, 'a', 1), (1, 'b', 2), (1, 'c', 3), (2, 'd', 4), (2, 'e', 5), (3, 'f', 6), (3, 'g', 7), (3, 'a', 8)]
+    data = SessionData(write_split(tmp_path / 'train.txt', rows))
+    config = dict(main.DEFAULTS, layers=[5, 3], batch_size=1, n_sample=4, logq=1.0, n_epochs=1)
+    spy = Spy(main.build_model(config, len(data.item_map), 'cpu'))
+    optimizer = main.make_optimizer('AdagradM', spy.model.parameters(), 0.1, 0.2)
+    sampler = main.SampleStore(data.item_support(), 4, 0.5, 100, seed=0)
+    loss_fn = main.loss_function('cross-entropy', 'softmax', 1)
+    log_support = torch.log(torch.from_numpy(data.item_support()).float())
+    iterator = SessionParallelIterator(data, 1)
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+
+    loss, n_targets, n_steps = main.train_epoch(spy, optimizer, loss_fn, iterator, sampler,
+                                                (log_support, 0.5 * log_support), config, 'cpu', Bar())
+    assert n_targets == n_steps == 5 == sum(len(s) - 1 for s in ([1, 2, 3], [4, 5], [6, 7, 8]))
+    first_input = [True, False, True, True, False]    # one slot: sessions 1, 2, 3 in turn
+    for (inputs, hidden, n_candidates), fresh in zip(spy.seen, first_input):
+        assert n_candidates == 1 + 4
+        for h in hidden:
+            assert bool((h == 0).all()) == fresh
+
+
+def test_zero_samples_stop_when_fewer_than_two_slots_remain(tmp_path):
+    rows = [(1, 'a', 1), (1, 'b', 2), (2, 'c', 3), (2, 'd', 4), (2, 'a', 5), (2, 'b', 6)]
+    data = SessionData(write_split(tmp_path / 'train.txt', rows))
+    config = dict(main.DEFAULTS, layers=[4], batch_size=2, n_sample=0)
+    model = main.build_model(config, len(data.item_map), 'cpu')
+
+    class Bar:
+        update = set_postfix = staticmethod(lambda *a, **k: None)
+
+    _, n_targets, n_steps = main.train_epoch(model, main.make_optimizer('AdagradM', model.parameters(), 0.1),
+                                             main.loss_function('top1', 'tanh', 2), SessionParallelIterator(data, 2),
+                                             None, None, config, 'cpu', Bar())
+    assert (n_targets, n_steps) == (2, 1)              # spec B2.6: one slot left and no samples -> epoch ends
+
+
+# ---------------------------------------------------------------- the commands
+
+def test_train_checkpoints_and_eval(split, tmp_path):
+    ckpt = tmp_path / 'ck'
+    result = run_command('main.py', '--data_folder', str(split), '--valid_data', 'rsc15_test.txt',
+                         '--checkpoint_dir', str(ckpt), *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert 'config: {"loss_type": "cross-entropy"' in result.stdout
+    assert result.stdout.count('events/s') == 2 and 'Recall@20' in result.stdout
+    runs = os.listdir(ckpt)
+    assert len(runs) == 1
+    run = ckpt / runs[0]
+    assert sorted(os.listdir(run)) == ['config.json', 'model_00000.pt', 'model_00001.pt']
+    state = torch.load(run / 'model_00001.pt', weights_only=True)
+    assert state['epoch'] == 1 and state['config']['layers'] == [16] and len(state['item_ids']) == state['model']['Y'].shape[0]
+    assert state['sampler']['pointer'] > 0 and state['optimizer']['state']
+    epoch_recall = float(result.stdout.split('epoch 1')[1].split('Recall@20 ')[1].split()[0])
+
+    again = run_command('main.py', '--data_folder', str(split), '--checkpoint_dir', str(ckpt), *SMALL)
+    assert again.returncode == 0 and len(os.listdir(ckpt)) == 2       # a second run never overwrites the first
+
+    evaluated = run_command('main.py', '--is_eval', '--load_model', str(run / 'model_00001.pt'),
+                            '--data_folder', str(split))
+    assert evaluated.returncode == 0, evaluated.stderr
+    lines = [line for line in evaluated.stdout.splitlines() if line.startswith('Recall@')]
+    assert [line.split(':')[0] for line in lines] == ['Recall@1', 'Recall@5', 'Recall@10', 'Recall@20']
+    assert float(lines[-1].split()[1]) == pytest.approx(epoch_recall, abs=1e-4)   # same as the epoch's validation
+    results = json.loads((run / 'results.json').read_text())
+    test = SessionData(str(split / 'rsc15_test.txt'))
+    assert results['model_00001.pt']['n_predictions'] == test.n_events - test.n_sessions
+
+
+def test_eval_bad_inputs(split, tmp_path):
+    run_dir = tmp_path / 'ck'
+    assert run_command('main.py', '--data_folder', str(split), '--checkpoint_dir', str(run_dir), *SMALL,
+                       '--n_epochs', '1').returncode == 0
+    good = glob.glob(str(run_dir / '*' / 'model_00000.pt'))[0]
+    truncated = tmp_path / 'truncated.pt'
+    truncated.write_bytes(open(good, 'rb').read()[:5000])
+    foreign = tmp_path / 'foreign.pt'
+    torch.save({'weights': torch.zeros(2)}, foreign)
+    unknown = write_split(tmp_path / 'unknown.txt', [(1, 'zz1', 1.0), (1, 'zz2', 2.0)])
+    cases = [(['--is_eval'], '--is_eval needs --load_model'),
+             (['--is_eval', '--load_model', str(tmp_path / 'none.pt')], 'no such file'),
+             (['--is_eval', '--load_model', str(truncated)], 'not a readable checkpoint'),
+             (['--is_eval', '--load_model', str(foreign)], 'not a checkpoint of this project'),
+             (['--is_eval', '--load_model', good, '--valid_data', unknown], 'no click is on an item of the training set'),
+             (['--load_model', good], '--load_model is for --is_eval'),
+             (['--train_data', str(tmp_path / 'missing.txt')], 'no such file')]
+    before = open(good, 'rb').read()
+    for argv, message in cases:
+        with pytest.raises(InputError, match=message):
+            main.main(['--data_folder', str(split), '--checkpoint_dir', str(run_dir), *argv])
+    assert open(good, 'rb').read() == before
+    result = run_command('main.py', '--is_eval', '--load_model', str(truncated))
+    assert result.returncode == 2 and result.stderr.count('\n') == 1 and result.stderr.startswith('error: ')
+
+
+def test_nan_loss_stops_and_keeps_no_bad_checkpoint(split, tmp_path):
+    result = run_command('main.py', '--data_folder', str(split), '--checkpoint_dir', str(tmp_path), *SMALL,
+                         '--lr', '1e30', '--optimizer_type', 'SGD', '--n_sample', '0')
+    assert result.returncode == 3
+    assert 'NaN' in result.stderr and 'Traceback' not in result.stderr
+    assert not glob.glob(str(tmp_path / '*' / '*.pt'))
+
+
+def test_malformed_training_file(tmp_path):
+    bad = tmp_path / 'bad.txt'
+    bad.write_text('SessionId\tItemId\tTime\n1\ta\tnoon\n')
+    result = run_command('main.py', '--train_data', str(bad), '--checkpoint_dir', str(tmp_path / 'ck'))
+    assert result.returncode == 2 and 'line 2' in result.stderr and result.stderr.count('\n') == 1
+    assert not (tmp_path / 'ck').exists()
+
+
+@needs_sample
+def test_rsc15_preset_learns_on_the_real_sample(tmp_path):
+    """Three epochs of the official RSC15 settings; the full 10-epoch target is in README's results."""
+    preprocessing.preprocess(SAMPLE, str(tmp_path) + '/')
+    result = run_command('main.py', '--params', 'rsc15_xe_shared_100', '--data_folder', str(tmp_path),
+                         '--valid_data', 'rsc15_test.txt', '--n_epochs', '3', '--checkpoint_dir', str(tmp_path / 'ck'))
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.split('epoch 2')[1]
+    recall, mrr = (float(last.split(k + ' ')[1].split()[0]) for k in ('Recall@20', 'MRR@20'))
+    assert recall > 0.645 and mrr > 0.335            # after 10 epochs: about 0.68 / 0.357
+    assert np.isfinite(recall)

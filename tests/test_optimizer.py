@@ -1,0 +1,87 @@
+"""optimizer.py: the official Adagrad-with-momentum rule (spec B9), dense and row-sparse, against a
+slow per-element reference written for the test."""
+import math
+
+import pytest
+import torch
+
+from model import lookup
+from optimizer import AdagradM, make_optimizer
+
+DOUBLE = torch.float64
+
+
+def reference_run(theta, grads, lr, mu, eps=1e-6):
+    """Spec B9 element by element; grads: list of {row: gradient row (list)} (untouched rows absent)."""
+    theta = [list(row) for row in theta]
+    G = [[0.0] * len(row) for row in theta]
+    v = [[0.0] * len(row) for row in theta]
+    for step in grads:
+        for r, g_row in step.items():
+            for j, g in enumerate(g_row):
+                G[r][j] += g * g
+                delta = -lr * g / math.sqrt(G[r][j] + eps)
+                if mu > 0:
+                    v[r][j] = mu * v[r][j] + delta
+                    theta[r][j] += v[r][j]
+                else:
+                    theta[r][j] += delta
+    return theta
+
+
+@pytest.mark.parametrize('mu', [0.0, 0.4])
+def test_dense_update_matches_the_formula(mu):
+    torch.manual_seed(0)
+    start = torch.randn(3, 2, dtype=DOUBLE)
+    p = torch.nn.Parameter(start.clone())
+    opt = AdagradM([p], lr=0.1, momentum=mu)
+    grads = [torch.randn(3, 2, dtype=DOUBLE) for _ in range(4)]
+    grads[2][1] = 0.0                                  # a dense zero gradient still lets momentum move the row
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    expected = reference_run(start.tolist(), [{r: g[r].tolist() for r in range(3)} for g in grads], 0.1, mu)
+    assert torch.allclose(p.detach(), torch.tensor(expected, dtype=DOUBLE), atol=1e-12)
+
+
+@pytest.mark.parametrize('mu', [0.0, 0.3])
+def test_row_sparse_update_with_duplicates_touches_only_used_rows(mu):
+    torch.manual_seed(1)
+    start = torch.randn(6, 3, dtype=DOUBLE)
+    table = torch.nn.Parameter(start.clone())
+    opt = AdagradM([table], lr=0.05, momentum=mu)
+    steps = [torch.tensor([1, 4, 1]), torch.tensor([4, 5]), torch.tensor([1, 1, 1, 0])]
+    expected_grads = []
+    for index in steps:
+        weights = torch.randn(len(index), 3, dtype=DOUBLE)
+        table.grad = None
+        rows, = lookup(table, index)
+        (rows * weights).sum().backward()
+        summed = {}
+        for i, r in enumerate(index.tolist()):      # duplicates are summed, then the row updated once
+            summed[r] = [a + b for a, b in zip(summed.get(r, [0.0] * 3), weights[i].tolist())]
+        expected_grads.append(summed)
+        opt.step()
+    expected = torch.tensor(reference_run(start.tolist(), expected_grads, 0.05, mu), dtype=DOUBLE)
+    assert torch.allclose(table.detach(), expected, atol=1e-12)
+    assert torch.equal(table.detach()[2], start[2]) and torch.equal(table.detach()[3], start[3])
+    if mu > 0:     # row 5 was last touched in step 2: its velocity did not decay in step 3
+        v = opt.state[table]['velocity']
+        assert torch.all(v[5] != 0) and torch.equal(v[2], torch.zeros(3, dtype=DOUBLE))
+
+
+def test_eps_is_inside_the_square_root():
+    p = torch.nn.Parameter(torch.zeros(1, dtype=DOUBLE))
+    opt = AdagradM([p], lr=1.0, momentum=0.0)
+    p.grad = torch.tensor([1e-3], dtype=DOUBLE)
+    opt.step()
+    assert p.item() == pytest.approx(-1e-3 / math.sqrt(1e-6 + 1e-6), rel=1e-12)   # not 1e-3 / (1e-3 + eps)
+
+
+def test_make_optimizer_names():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(make_optimizer('AdagradM', p, 0.1, 0.2), AdagradM)
+    assert isinstance(make_optimizer('Adam', p, 0.1), torch.optim.Adam)
+    assert isinstance(make_optimizer('SGD', p, 0.1, 0.5), torch.optim.SGD)
+    with pytest.raises(ValueError, match='unknown optimizer'):
+        make_optimizer('Adamax', p, 0.1)
