@@ -310,18 +310,21 @@ class Diverged(Exception):
     pass
 
 
-def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, config, device, progress):
-    """One pass over all training sessions (spec B10). Returns (mean loss per target, targets, steps)."""
+def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, config, device, progress,
+                max_steps=None):
+    """One pass over all training sessions (spec B10). Returns (mean loss per target, targets, steps).
+    max_steps cuts the epoch short (for benchmarks only)."""
     n_sample = config['n_sample']
     hidden = model.init_hidden(iterator.n_slots, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_targets = n_steps = 0
+    start = time.perf_counter()
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:
             hidden = [h[keep] for h in hidden]
         if reset is not None:
             hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
-        if n_sample == 0 and len(targets) < 2:      # spec B2.6: no negative would be left
+        if n_sample == 0 and len(targets) < 2 or n_steps == max_steps:    # spec B2.6: no negative would be left
             break
         if n_sample:
             samples = sampler.next()
@@ -346,7 +349,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             if not math.isfinite(current):
                 raise Diverged(f'step {n_steps}')
             progress.update(200)
-            progress.set_postfix(loss=f'{current:.4f}')
+            progress.set_postfix(loss=f'{current:.4f}', events_s=f'{n_targets / (time.perf_counter() - start):,.0f}')
     mean = total.item() / max(n_targets, 1)
     if not math.isfinite(mean):
         raise Diverged('the end of the epoch')
