@@ -27,14 +27,16 @@ DEFAULT_CUTOFFS = (1, 5, 10, 20)
 def target_ranks(scores, targets, tie_mode='standard'):
     """Rank (1 = best, float) of targets[a] among the scores of row a; scores (M, N), targets (M,)."""
     target = scores.gather(1, targets[:, None])
+
+    def count(mask):                      # int32 sums of a bool matrix: about twice as fast as int64
+        return mask.sum(1, dtype=torch.int32).to(scores.dtype)
+
     if tie_mode == 'standard':
-        return 1.0 + (scores > target).sum(1).to(scores.dtype)
+        return 1.0 + count(scores > target)
     if tie_mode == 'conservative':
-        return (scores >= target).sum(1).to(scores.dtype)
+        return count(scores >= target)
     if tie_mode == 'median':
-        above = (scores > target).sum(1).to(scores.dtype)
-        equal = (scores == target).sum(1).to(scores.dtype)
-        return 1.0 + above + (equal - 1.0) / 2.0
+        return 1.0 + count(scores > target) + (count(scores == target) - 1.0) / 2.0
     raise ValueError(f'unknown tie mode {tie_mode!r}: expected one of {", ".join(TIE_MODES)}')
 
 

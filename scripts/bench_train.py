@@ -14,6 +14,8 @@ Reference (issue 3): the official PyTorch code trains at about 9,200 events/s (n
 14,000 (n_sample 512) with two threads on these 2-core machines.
 """
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -81,12 +83,14 @@ def eval_speed(model, test, device, repeats):
 def datasets(folder):
     out = []
     if os.path.isfile(SAMPLE):
-        preprocessing.preprocess(SAMPLE, os.path.join(folder, 'sample') + '/')
+        with contextlib.redirect_stdout(io.StringIO()):
+            preprocessing.preprocess(SAMPLE, os.path.join(folder, 'sample') + '/')
         out.append(('real sample', os.path.join(folder, 'sample')))
     raw = os.path.join(folder, 'synthetic', 'yoochoose-clicks.dat')
     os.makedirs(os.path.dirname(raw))
-    write_raw(raw, generate(600_000, 40_000, days=30, seed=11))
-    preprocessing.preprocess(raw, os.path.dirname(raw) + '/')
+    write_raw(raw, generate(800_000, 52_739, days=30, seed=11))
+    with contextlib.redirect_stdout(io.StringIO()):
+        preprocessing.preprocess(raw, os.path.dirname(raw) + '/')
     out.append(('synthetic, RSC15 items', os.path.dirname(raw)))
     return out
 
@@ -106,7 +110,7 @@ def main_():
             test = SessionData(os.path.join(path, 'rsc15_test.txt'), item_map=train.item_map)
             for device in devices:
                 for n_sample in (0, 512, 2048):
-                    config = dict(main.DEFAULTS, **main.PRESETS['rsc15_xe_shared_100'], n_sample=n_sample)
+                    config = {**main.DEFAULTS, **main.PRESETS['rsc15_xe_shared_100'], 'n_sample': n_sample}
                     speed, model = train_speed(train, config, device, args.steps, args.repeats)
                     rows.append((name, len(train.item_map), device, n_sample, speed,
                                  eval_speed(model, test, device, args.repeats)))
