@@ -310,7 +310,7 @@ class Diverged(Exception):
     pass
 
 
-def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, config, device, progress,
+def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, config, device, progress=None,
                 max_steps=None):
     """One pass over all training sessions (spec B10). Returns (mean loss per target, targets, steps).
     max_steps cuts the epoch short (for benchmarks only)."""
@@ -348,6 +348,8 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             current = total.item() / n_targets
             if not math.isfinite(current):
                 raise Diverged(f'step {n_steps}')
+            if progress is None:
+                continue
             progress.update(200)
             progress.set_postfix(loss=f'{current:.4f}', events_s=f'{n_targets / (time.perf_counter() - start):,.0f}')
     mean = total.item() / max(n_targets, 1)

@@ -34,14 +34,6 @@ from scripts.make_synthetic import generate, write_raw  # noqa: E402
 SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'yoochoose-clicks-sample.dat')
 
 
-class Silent:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-
 def sync(device):
     if device.startswith('cuda'):
         torch.cuda.synchronize()
@@ -57,13 +49,13 @@ def train_speed(data, config, device, steps, repeats):
                           device=device) if config['n_sample'] else None
     log_support = torch.log(torch.from_numpy(support).clamp(min=1).float()).to(device)
     logq = (log_support, config['sample_alpha'] * log_support)
-    main.train_epoch(model, optimizer, loss_fn, iterator, sampler, logq, config, device, Silent(), max_steps=50)
+    main.train_epoch(model, optimizer, loss_fn, iterator, sampler, logq, config, device, max_steps=50)
     best = 0.0
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
         _, n_targets, _ = main.train_epoch(model, optimizer, loss_fn, iterator, sampler, logq, config, device,
-                                           Silent(), max_steps=steps)
+                                           max_steps=steps)
         sync(device)
         best = max(best, n_targets / (time.perf_counter() - start))
     return best, model

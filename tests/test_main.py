@@ -112,16 +112,8 @@ def test_hidden_state_is_zero_exactly_at_each_new_session(tmp_path):
     loss_fn = main.loss_function('cross-entropy', 'softmax', 1)
     log_support = torch.log(torch.from_numpy(data.item_support()).float())
     iterator = SessionParallelIterator(data, 1)
-
-    class Bar:
-        def update(self, n):
-            pass
-
-        def set_postfix(self, **kw):
-            pass
-
     loss, n_targets, n_steps = main.train_epoch(spy, optimizer, loss_fn, iterator, sampler,
-                                                (log_support, 0.5 * log_support), config, 'cpu', Bar())
+                                                (log_support, 0.5 * log_support), config, 'cpu')
     assert n_targets == n_steps == 5 == sum(len(s) - 1 for s in ([1, 2, 3], [4, 5], [6, 7, 8]))
     first_input = [True, False, True, True, False]    # one slot: sessions 1, 2, 3 in turn
     for (inputs, hidden, n_candidates), fresh in zip(spy.seen, first_input):
@@ -136,12 +128,9 @@ def test_zero_samples_stop_when_fewer_than_two_slots_remain(tmp_path):
     config = dict(main.DEFAULTS, layers=[4], batch_size=2, n_sample=0)
     model = main.build_model(config, len(data.item_map), 'cpu')
 
-    class Bar:
-        update = set_postfix = staticmethod(lambda *a, **k: None)
-
     _, n_targets, n_steps = main.train_epoch(model, main.make_optimizer('AdagradM', model.parameters(), 0.1),
                                              main.loss_function('top1', 'tanh', 2), SessionParallelIterator(data, 2),
-                                             None, None, config, 'cpu', Bar())
+                                             None, None, config, 'cpu')
     assert (n_targets, n_steps) == (2, 1)              # spec B2.6: one slot left and no samples -> epoch ends
 
 
