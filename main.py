@@ -324,7 +324,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             hidden = [h[keep] for h in hidden]
         if reset is not None:
             hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
-        if n_sample == 0 and len(targets) < 2 or n_steps == max_steps:    # spec B2.6: no negative would be left
+        if (n_sample == 0 and len(targets) < 2) or n_steps == max_steps:   # B2.6: no negative would be left
             break
         if n_sample:
             samples = sampler.next()

@@ -76,7 +76,7 @@ class RowLookup(torch.autograd.Function):
 
 def lookup(table, *indices, sparse=True):
     """Rows of `table` for each index tensor (a tuple); row-sparse gradients unless sparse=False."""
-    if sparse:
+    if sparse and torch.is_grad_enabled() and table.requires_grad:
         return RowLookup.apply(table, *indices)
     return tuple(table.index_select(0, index) for index in indices)
 
