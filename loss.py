@@ -114,12 +114,7 @@ def bpr_max(x, batch_size, bpreg=1.0):
 
 def gru4rec_loss(scores, loss, activation, batch_size, bpreg=1.0):
     """Apply the final activation to the score matrix and compute the loss (divided by batch_size)."""
-    loss, activation = check_pairing(loss, activation)
-    x = final_activation(scores, activation)
-    if loss == 'bpr-max':
-        return bpr_max(x, batch_size, bpreg)
-    return {'cross-entropy': cross_entropy, 'xe_logit': xe_logit, 'bpr': bpr, 'top1': top1,
-            'top1-max': top1_max}[loss](x, batch_size)
+    return loss_function(loss, activation, batch_size, bpreg)(scores)
 
 
 def loss_function(loss, activation, batch_size, bpreg=1.0):

@@ -358,14 +358,11 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     return mean, n_targets, n_steps
 
 
-def train(args, config, device):
-    train_path = data_path(args.data_folder, args.train_data)
-    valid_path = data_path(args.data_folder, args.valid_data) if args.valid_data else None
-    data = SessionData(train_path)
-    valid = SessionData(valid_path, item_map=data.item_map) if valid_path else None
-    torch.manual_seed(config['seed'])
-    np.random.seed(config['seed'])
-    model = build_model(config, len(data.item_map), device)
+def training_setup(config, data, device, model=None):
+    """(model, optimiser, loss function, iterator, sample store or None, logQ tables or None) for
+    train_epoch; `model` defaults to the configured GRU4Rec."""
+    if model is None:
+        model = build_model(config, len(data.item_map), device)
     optimizer = make_optimizer(config['optimizer_type'], model.parameters(), config['lr'], config['momentum'])
     loss_fn = loss_function(config['loss_type'], config['final_act'], config['batch_size'], config['bpreg'])
     iterator = SessionParallelIterator(data, config['batch_size'])
@@ -373,9 +370,21 @@ def train(args, config, device):
     sampler = SampleStore(support, config['n_sample'], config['sample_alpha'], config['sample_store'],
                           seed=config['seed'], device=device) if config['n_sample'] else None
     logq_tables = None
-    if config['logq'] > 0:
-        log_support = torch.log(torch.from_numpy(np.maximum(support, 1)).double()).float().to(device)
+    if config['logq'] > 0:          # spec B6; supp >= 1 for every item of the training map
+        log_support = torch.log(torch.from_numpy(support).float()).to(device)
         logq_tables = (config['logq'] * log_support, config['logq'] * config['sample_alpha'] * log_support)
+    return model, optimizer, loss_fn, iterator, sampler, logq_tables
+
+
+def train(args, config, device):
+    train_path = data_path(args.data_folder, args.train_data)
+    valid_path = data_path(args.data_folder, args.valid_data) if args.valid_data else None
+    data = SessionData(train_path)
+    valid = SessionData(valid_path, item_map=data.item_map) if valid_path else None
+    torch.manual_seed(config['seed'])
+    np.random.seed(config['seed'])
+    run = training_setup(config, data, device)
+    model, optimizer, _, iterator, sampler, _ = run
     run_dir = new_run_dir(args.checkpoint_dir)
     saved = dict(config, train_data=train_path, valid_data=valid_path, device=device, n_items=len(data.item_map))
     write_json(os.path.join(run_dir, 'config.json'), saved)
@@ -391,8 +400,7 @@ def train(args, config, device):
         start = time.perf_counter()
         with tqdm(total=len(iterator), desc=f'epoch {epoch}', unit='mb', leave=False, disable=None) as progress:
             try:
-                loss, n_targets, n_steps = train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables,
-                                                       config, device, progress)
+                loss, n_targets, n_steps = train_epoch(*run, config, device, progress)
             except Diverged as where:
                 print(f'error: the training loss became NaN or infinite in epoch {epoch} (at {where}); '
                       f'stopped. ' + (f'The last good checkpoint is {last_good}. ' if last_good else '')

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import main  # noqa: E402
 import preprocessing  # noqa: E402
-from dataset import SampleStore, SessionData, SessionParallelIterator  # noqa: E402
+from dataset import SessionData  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from model import GRU4Rec  # noqa: E402
 from scripts.make_synthetic import generate, write_raw  # noqa: E402
@@ -64,15 +64,7 @@ class SparseEmbeddingGRU4Rec(GRU4Rec):
 
 
 def setup(data, config, device, model):
-    optimizer = main.make_optimizer(config['optimizer_type'], model.parameters(), config['lr'], config['momentum'])
-    loss_fn = main.loss_function(config['loss_type'], config['final_act'], config['batch_size'], config['bpreg'])
-    iterator = SessionParallelIterator(data, config['batch_size'])
-    support = data.item_support()
-    sampler = SampleStore(support, config['n_sample'], config['sample_alpha'], config['sample_store'],
-                          device=device) if config['n_sample'] else None
-    log_support = torch.log(torch.from_numpy(support).clamp(min=1).float()).to(device)
-    logq = (log_support, config['sample_alpha'] * log_support)
-    run = (model, optimizer, loss_fn, iterator, sampler, logq, config, device)
+    run = main.training_setup(config, data, device, model) + (config, device)
     main.train_epoch(*run, max_steps=50)                 # warm-up
     return run
 
