@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import torch
 
 
 class InputError(Exception):
@@ -280,6 +279,7 @@ class SessionParallelIterator:
         """The same steps as torch tensors on `device` (uploaded once): (inputs, targets, reset, keep),
         where reset is None when no row of the step starts a session and keep is None unless the batch
         shrank. The arrays are views into one upload, so a step costs no host-to-device copy."""
+        import torch    # here, not at the top: preprocessing and the synthetic generator use this module without torch
         inputs = torch.from_numpy(self.inputs).to(device)
         targets = torch.from_numpy(self.targets).to(device)
         reset = torch.from_numpy(self.reset).to(device)
@@ -289,47 +289,3 @@ class SessionParallelIterator:
             rows = slice(int(offsets[t]), int(offsets[t + 1]))
             keep = None if step.keep is None else torch.from_numpy(step.keep).to(device)
             yield inputs[rows], targets[rows], reset[rows] if any_reset[t] else None, keep
-
-
-# ---------------------------------------------------------------- negative samples
-
-class SampleStore:
-    """Extra negatives shared by a mini-batch, drawn with P(i) proportional to supp(i)^alpha (spec B5.3-B5.4).
-
-    A store of floor(store_size / n_sample) rows x n_sample item indices is generated in one vectorised
-    call (inverse CDF: the first item whose cumulative probability exceeds a uniform draw); each step
-    takes the next row; a used-up store is regenerated. The store persists across epochs.
-    `state_dict()` is small: the generator state the current store was drawn from, and the row pointer.
-    """
-
-    def __init__(self, support, n_sample, alpha, store_size=10_000_000, seed=42, device='cpu'):
-        weights = torch.as_tensor(np.asarray(support, dtype=np.float64) ** alpha)
-        cdf = torch.cumsum(weights, 0) / weights.sum()
-        cdf[-1] = 1.0
-        self.cdf = cdf.to(device)
-        self.n_sample, self.device = n_sample, device
-        self.rows = max(1, store_size // max(n_sample, 1))
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self._refill()
-
-    def _refill(self):
-        self.generated_from = self.generator.get_state()
-        u = torch.rand(self.rows, self.n_sample, dtype=torch.float64, generator=self.generator,
-                       device=self.device)
-        self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
-        self.pointer = 0
-
-    def next(self):
-        if self.pointer == self.rows:
-            self._refill()
-        self.pointer += 1
-        return self.store[self.pointer - 1]
-
-    def state_dict(self):
-        return {'generated_from': self.generated_from, 'pointer': self.pointer}
-
-    def load_state_dict(self, state):
-        self.generator.set_state(state['generated_from'])
-        self._refill()
-        self.pointer = int(state['pointer'])

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset import InputError, ItemMap, SampleStore, SessionData, SessionParallelIterator, run_cli, \
+from dataset import InputError, ItemMap, SessionData, SessionParallelIterator, run_cli, \
     write_atomically
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from loss import PAIRING, canonical_loss, check_pairing, loss_function
-from model import GRU4Rec
+from model import GRU4Rec, SampleStore
 from optimizer import OPTIMIZERS, SPARSE_OK, make_optimizer
 
 CHECKPOINT_FORMAT = 'gru4rec-reproduction-checkpoint'

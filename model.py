@@ -20,6 +20,8 @@ Item tables (W_y, b_y, E, the no-embedding input weights) are looked up with spa
 optimiser touches only the rows a step used (spec F3); pass `sparse=False` for torch optimisers that
 need dense gradients.
 
+`SampleStore` draws the extra negatives of spec B5.3-B5.4 (popularity^alpha) for the training loop.
+
 Deliberate differences: in the no-embedding mode `dropout_p_embed` is dropout on the one-hot input
 itself (the looked-up row of a step is dropped with probability p, otherwise scaled by 1/(1-p)) and
 `dropout_p_hidden` applies to that layer's output as to every other layer; the two official codes
@@ -193,3 +195,45 @@ class GRU4Rec(nn.Module):
     def By(self):
         """Output biases b_y (N,)."""
         return self.Y[:, -1]
+
+
+class SampleStore:
+    """Extra negatives shared by a mini-batch, drawn with P(i) proportional to supp(i)^alpha (spec B5.3-B5.4).
+
+    A store of floor(store_size / n_sample) rows x n_sample item indices is generated in one vectorised
+    call (inverse CDF: the first item whose cumulative probability exceeds a uniform draw); each step
+    takes the next row; a used-up store is regenerated. The store persists across epochs.
+    `state_dict()` is small: the generator state the current store was drawn from, and the row pointer.
+    """
+
+    def __init__(self, support, n_sample, alpha, store_size=10_000_000, seed=42, device='cpu'):
+        weights = torch.as_tensor(np.asarray(support, dtype=np.float64) ** alpha)
+        cdf = torch.cumsum(weights, 0) / weights.sum()
+        cdf[-1] = 1.0
+        self.cdf = cdf.to(device)
+        self.n_sample, self.device = n_sample, device
+        self.rows = max(1, store_size // max(n_sample, 1))
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self._refill()
+
+    def _refill(self):
+        self.generated_from = self.generator.get_state()
+        u = torch.rand(self.rows, self.n_sample, dtype=torch.float64, generator=self.generator,
+                       device=self.device)
+        self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
+        self.pointer = 0
+
+    def next(self):
+        if self.pointer == self.rows:
+            self._refill()
+        self.pointer += 1
+        return self.store[self.pointer - 1]
+
+    def state_dict(self):
+        return {'generated_from': self.generated_from, 'pointer': self.pointer}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state['generated_from'])
+        self._refill()
+        self.pointer = int(state['pointer'])

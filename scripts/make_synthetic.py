@@ -14,6 +14,7 @@ Deterministic for a given seed and size. What it models, all vectorised with num
 * time: session starts uniform over `days` days from 2014-04-01 UTC, clicks 1 s + Exp(60 s) apart,
   millisecond precision; session ids follow the start time with a few hours of jitter, so id order
   and time order differ slightly, as in the real file. Rows are written in session-id order.
+* ids: sessions 1..n; item ids spread over the real file's range (214,500,000 + up to 430M).
 """
 import argparse
 import os
@@ -72,7 +73,7 @@ def generate(n_sessions, n_items, mean_length=3.6, days=60, seed=0):
     session_ids[np.argsort(start + jitter, kind='stable')] = np.arange(1, n_sessions + 1)
     by_id = np.argsort(session_ids, kind='stable')
     rows = _rows_in_session_order(offsets, lengths, by_id)
-    item_ids = 214_500_000 + rng.choice(50 * n_items, n_items, replace=False)
+    item_ids = 214_500_000 + rng.choice(430_000_000, n_items, replace=False)   # the real ids' range
     return {'session': np.repeat(session_ids, lengths)[rows], 'time_ms': time_ms[rows],
             'item': item_ids[items[rows]]}
 

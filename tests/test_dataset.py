@@ -1,7 +1,6 @@
 """dataset.py: split files, item map, spec C1 filtering and the session-parallel iterator (spec B1-B2)."""
 import numpy as np
 import pytest
-import torch
 
 from conftest import write_split
 from dataset import InputError, ItemMap, SessionData, SessionParallelIterator, session_schedule
@@ -174,36 +173,3 @@ def test_bad_split_files(tmp_path):
         SessionData(write_split(tmp_path / 'test.txt', [(2, 5, 0), (2, 6, 1)]), item_map=train.item_map)
     with pytest.raises(ValueError, match='batch_size'):
         SessionParallelIterator(train, 0)
-
-
-# ---------------------------------------------------------------- negative samples (spec B5.3-B5.4)
-
-from dataset import SampleStore  # noqa: E402
-
-
-def test_sample_store_inverse_cdf_and_popularity_exponent():
-    support = np.array([1, 0, 3, 6])
-    store = SampleStore(support, n_sample=1000, alpha=1.0, store_size=200_000, seed=0)
-    assert store.rows == 200 and store.store.shape == (200, 1000)
-    counts = np.bincount(store.store.flatten().numpy(), minlength=4) / store.store.numel()
-    assert counts[1] == 0                               # an item without support is never drawn
-    assert np.allclose(counts, support / support.sum(), atol=0.005)
-    uniform = SampleStore(support, n_sample=1000, alpha=0.0, store_size=200_000, seed=0)
-    counts = np.bincount(uniform.store.flatten().numpy(), minlength=4) / uniform.store.numel()
-    assert np.allclose(counts, 0.25, atol=0.005)        # alpha 0: 1^0 for every item, even unsupported
-    half = SampleStore(support, n_sample=1000, alpha=0.5, store_size=200_000, seed=0)
-    counts = np.bincount(half.store.flatten().numpy(), minlength=4) / half.store.numel()
-    assert np.allclose(counts, np.sqrt(support) / np.sqrt(support).sum(), atol=0.005)
-
-
-def test_sample_store_serves_rows_in_order_refills_and_resumes():
-    store = SampleStore(np.arange(1, 50), n_sample=7, alpha=0.75, store_size=21, seed=5)
-    assert store.rows == 3
-    first = [store.next().clone() for _ in range(3)]
-    assert torch.equal(torch.stack(first), store.store)
-    state = store.state_dict()                          # store used up; the next call regenerates
-    following = [store.next().clone() for _ in range(4)]
-    assert not torch.equal(following[0], first[0])
-    resumed = SampleStore(np.arange(1, 50), n_sample=7, alpha=0.75, store_size=21, seed=99)
-    resumed.load_state_dict(state)
-    assert all(torch.equal(resumed.next(), f) for f in following)

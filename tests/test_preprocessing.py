@@ -1,4 +1,5 @@
 """preprocessing.py: the official RSC15 rules (spec A), the yoochoose variant (A10) and bad input."""
+import errno
 import json
 import os
 
@@ -278,7 +279,7 @@ def test_a_failed_write_leaves_no_partial_files_and_keeps_earlier_ones(tmp_path,
 
     def failing(*args):
         calls.append(1)
-        if len(calls) == 2:     # the first group (train_full, train_tr, train_valid) is written by then
+        if len(calls) == 2:     # the first group (train_full with train_tr) is written by then
             raise OSError(28, 'No space left on device')
         return real(*args)
     monkeypatch.setattr(preprocessing, 'format_rows', failing)
@@ -295,9 +296,10 @@ def test_milliseconds_are_written_as_seconds_with_three_decimals():
     assert list(preprocessing.milliseconds_as_seconds(np.array([-1500, 2000]))) == [-1.5, 2.0]
 
 
-@pytest.mark.parametrize('max_runs', [0, 1000])
-def test_every_file_is_cut_from_the_right_rows_across_chunks(tmp_path, monkeypatch, max_runs):
+@pytest.mark.parametrize('max_runs,kernel_copy', [(0, True), (1000, True), (1000, False)])
+def test_every_file_is_cut_from_the_right_rows_across_chunks(tmp_path, monkeypatch, max_runs, kernel_copy):
     monkeypatch.setattr(preprocessing, 'MAX_RUNS', max_runs)
+    monkeypatch.setattr(preprocessing.OutputFile, 'kernel_copy', kernel_copy and hasattr(os, 'copy_file_range'))
     clicks = generate(n_sessions=3000, n_items=300, days=20, seed=5)
     path = str(tmp_path / 'clicks.dat')
     write_synthetic(path, clicks)
@@ -319,3 +321,26 @@ def test_bad_flags(tmp_path):
     for flags in (['--test_days', '0'], ['--recent_fraction', '0'], ['--variant', 'rsc16']):
         result = run_command('preprocessing.py', '--input', path, '--output_dir', str(tmp_path / 'o'), *flags)
         assert result.returncode == 2 and flags[0] in result.stderr
+
+
+def test_output_file_falls_back_to_writing_when_the_kernel_cannot_copy(tmp_path, monkeypatch):
+    def cross_device(*args):
+        raise OSError(errno.EXDEV, 'Invalid cross-device link')
+    monkeypatch.setattr(os, 'copy_file_range', cross_device, raising=False)
+    monkeypatch.setattr(preprocessing.OutputFile, 'kernel_copy', True)
+    source, target = preprocessing.OutputFile(str(tmp_path / 'a')), preprocessing.OutputFile(str(tmp_path / 'b'))
+    source.write(b'head\nline 1\nline 2\n')
+    target.write(b'head\n')
+    target.copy_from(source, 12, b'line 2\n')
+    target.copy_from(source, 5, b'line 1\n')
+    assert not target.kernel_copy and target.size == 19
+    source.close()
+    assert (tmp_path / 'b').read_bytes() == b'head\nline 2\nline 1\n'
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'copy_file_range', disk_full, raising=False)
+    other = preprocessing.OutputFile(str(tmp_path / 'c'))
+    with pytest.raises(OSError, match='No space'):              # a real error is not taken for "unsupported"
+        other.copy_from(target, 0, b'head\n')
+    other.close(), target.close()
