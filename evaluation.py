@@ -53,13 +53,13 @@ def metrics_from_ranks(ranks, cutoffs=DEFAULT_CUTOFFS):
 
 @torch.no_grad()
 def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu'):
-    """Evaluate a GRU4Rec model on a SessionData read with the model's item map.
+    """Evaluate a GRU4Rec model (or a baseline of baselines.py) on a SessionData read with its item map.
 
     Returns {'Recall@K': .., 'MRR@K': .., 'n_predictions': .., 'tie_mode': ..}.
     """
     if tie_mode not in TIE_MODES:
         raise ValueError(f'unknown tie mode {tie_mode!r}: expected one of {", ".join(TIE_MODES)}')
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise ValueError('the model has non-finite weights (NaN or inf): it cannot be evaluated')
     was_training = model.training
     model.eval()

@@ -3,6 +3,7 @@
     python main.py --loss_type TOP1                     # train; a checkpoint after every epoch
     python main.py --params rsc15_xe_shared_100         # a published configuration (see PRESETS)
     python main.py --is_eval --load_model checkpoint/<run>/model_00009.pt [--valid_data FILE]
+    python main.py --model ItemKNN --valid_data rsc15_test.txt  # a baseline of baselines.py (POP, SPOP, ItemKNN, BPRMF)
 
 Training (spec B2, B5, B6, B10): session-parallel mini-batches in the fixed oldest-first order, hidden
 state zeroed per slot when its session changes and detached every step (no BPTT); candidates = the
@@ -15,12 +16,17 @@ Configuration precedence: built-in defaults < the published settings of the chos
 < flags given on the command line. `--params` takes a preset name, a JSON file, an official paramfile
 (`paramfiles/*.py`, read as data, never executed) or the official `key=value,key=value` string.
 
+Every run folder also gets config.json and curves.png (training loss and, with --valid_data, Recall@K
+and MRR@K per epoch, redrawn after every epoch). Baselines are fitted on the same training file and
+checkpointed in the same format (model_00000.pt; BPR-MF one per epoch), and evaluated by the same code.
+
 Deliberate differences from the official PyTorch code: logQ applies to any loss when logq > 0 (as the
 Theano code; PT only for cross-entropy), and the in-batch / sampled split of the logQ columns and the
 epoch-loss weights use the real number of active slots (PT keeps the configured batch size, B12.1).
 """
 import argparse
 import ast
+import itertools
 import json
 import math
 import os
@@ -31,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from baselines import BASELINE_DEFAULTS, BASELINES
 from dataset import InputError, ItemMap, SessionData, SessionParallelIterator, run_cli, \
     write_atomically
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
@@ -40,6 +47,7 @@ from optimizer import OPTIMIZERS, SPARSE_OK, make_optimizer
 
 CHECKPOINT_FORMAT = 'gru4rec-reproduction-checkpoint'
 CHECKPOINT_VERSION = 1
+MODELS = ('GRU4Rec',) + tuple(BASELINES)
 
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
                 dropout_input=0.0, dropout_hidden=0.0, lr=0.1, momentum=0.0, n_sample=2048, sample_alpha=0.5,
@@ -83,6 +91,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Train or evaluate GRU4Rec (session-based recommendations).',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
     g = p.add_argument_group('model and training (default: the published settings of the loss)')
+    g.add_argument('--model', choices=MODELS, help='GRU4Rec (default) or a baseline; baselines take their '
+                   'settings from --params "key=value,..." (' + '; '.join(
+                       f'{name}: ' + ', '.join(f'{k}={v}' for k, v in d.items())
+                       for name, d in BASELINE_DEFAULTS.items()) + ') and from --n_epochs, --lr, --seed, '
+                   '--batch_size where they have them')
     g.add_argument('--params', help='preset (' + ', '.join(PRESETS) + '), JSON file, official paramfile '
                    'or "key=value,..." string; flags given beside it override it')
     g.add_argument('--loss_type', help='TOP1, BPR, CE / CrossEntropy / cross-entropy, TOP1-max, BPR-max, xe_logit')
@@ -129,6 +142,11 @@ def read_params(spec):
     """--params: a preset name, a .json file, an official .py paramfile, or 'key=value,key=value'."""
     if spec in PRESETS:
         return dict(PRESETS[spec])
+    return _translate(spec, _read_raw(spec))
+
+
+def _read_raw(spec):
+    """The {name: value} of a --params file or key=value string, names as written."""
     if os.path.isfile(spec):
         with open(spec) as f:
             text = f.read()
@@ -148,7 +166,7 @@ def read_params(spec):
                 raw[key.strip()] = value.strip()
     else:
         raise InputError(f'--params {spec!r}: not a preset ({", ".join(PRESETS)}), a file or key=value pairs')
-    return _translate(spec, raw)
+    return raw
 
 
 def _paramfile(text):
@@ -225,6 +243,42 @@ def resolve_config(args):
     return config
 
 
+def resolve_baseline_config(args, name):
+    """A baseline's settings: its defaults (spec E2) < --params key=value < the shared flags it has."""
+    config = dict(BASELINE_DEFAULTS[name])
+    given = {k: v for k, v in vars(args).items() if (k in DEFAULTS or k in ('hidden_size', 'num_layers'))
+             and v is not None}
+    for flag in given:
+        if flag not in config:
+            raise InputError(f'--{flag} does not apply to --model {name} (its settings: {", ".join(config)})')
+    if args.params:
+        if args.params in PRESETS:
+            raise InputError(f'--params {args.params} is a GRU4Rec preset; --model {name} takes key=value pairs')
+        for key, value in _read_raw(args.params).items():
+            if key not in config:
+                raise InputError(f'--params {args.params}: {name} has no parameter {key!r} '
+                                 f'(its settings: {", ".join(config)})')
+            config[key] = value
+    config.update(given)
+    for key, default in BASELINE_DEFAULTS[name].items():
+        try:
+            config[key] = type(default)(config[key])
+        except (TypeError, ValueError):
+            raise InputError(f'{name} parameter {key} must be a {type(default).__name__}, got {config[key]!r}') from None
+    checks = {'top_n': (lambda v: v >= 1, '>= 1'), 'n_sims': (lambda v: v >= 1, '>= 1'),
+              'lmbd': (lambda v: v >= 0, '>= 0'), 'alpha': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+              'n_factors': (lambda v: v >= 1, '>= 1'), 'n_epochs': (lambda v: v >= 1, '>= 1'),
+              'lr': (lambda v: v > 0, '> 0'), 'lambda_session': (lambda v: v >= 0, '>= 0'),
+              'lambda_item': (lambda v: v >= 0, '>= 0'), 'sigma': (lambda v: v > 0, '> 0'),
+              'batch_size': (lambda v: v >= 1, '>= 1'),
+              'negatives': (lambda v: v in ('first_rows', 'uniform'), 'first_rows or uniform')}
+    for key, value in config.items():
+        ok, expected = checks.get(key, (lambda v: True, ''))
+        if not ok(value):
+            raise InputError(f'{name} parameter {key} must be {expected}, got {value!r}')
+    return dict(config, model=name)
+
+
 def data_path(folder, name):
     """Bare file names live in --data_folder; anything with a directory part is taken as given."""
     return name if os.path.dirname(name) else os.path.join(folder, name)
@@ -242,6 +296,9 @@ def pick_device(name):
 
 
 def build_model(config, n_items, device):
+    name = config.get('model', 'GRU4Rec')
+    if name != 'GRU4Rec':
+        return BASELINES[name](n_items, **{k: v for k, v in config.items() if k != 'model'}).to(device)
     return GRU4Rec(n_items, layers=config['layers'], embedding=config['embedding_dim'],
                    constrained_embedding=config['constrained_embedding'],
                    dropout_p_embed=config['dropout_input'], dropout_p_hidden=config['dropout_hidden'],
@@ -265,8 +322,9 @@ def new_run_dir(root):
 
 
 def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics):
-    state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model': model.state_dict(),
-             'config': config, 'item_ids': item_map.to_list(), 'optimizer': optimizer.state_dict(),
+    state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model_name': config.get('model', 'GRU4Rec'),
+             'model': model.state_dict(), 'config': config, 'item_ids': item_map.to_list(),
+             'optimizer': optimizer.state_dict() if optimizer is not None else None,
              'sampler': sampler.state_dict() if sampler is not None else None, 'epoch': epoch, 'loss': loss,
              'metrics': metrics}
     write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
@@ -279,8 +337,9 @@ def write_json(path, value):
     write_atomically([path], write)
 
 
-def load_checkpoint(path, device):
-    """(model, config, item map, raw checkpoint dict); InputError for anything that is not ours or is damaged."""
+def load_checkpoint(path, device, expected_model=None):
+    """(model, config, item map, raw checkpoint dict); InputError for anything that is not ours or is damaged,
+    or that holds another model than `expected_model` (when given)."""
     if not os.path.isfile(path):
         raise InputError(f'--load_model {path}: no such file')
     try:
@@ -295,7 +354,10 @@ def load_checkpoint(path, device):
         raise InputError(f'--load_model {path}: checkpoint version {state.get("version")}, '
                          f'this code reads {CHECKPOINT_VERSION}')
     config, item_map = state['config'], ItemMap(state['item_ids'])
-    model = build_model(config, len(item_map), device)
+    name = state.get('model_name', 'GRU4Rec')
+    if expected_model is not None and name != expected_model:
+        raise InputError(f'--load_model {path}: holds a {name} model, not {expected_model} (--model)')
+    model = build_model(dict(config, model=name), len(item_map), device)
     try:
         model.load_state_dict(state['model'])
     except RuntimeError as err:
@@ -376,49 +438,100 @@ def training_setup(config, data, device, model=None):
     return model, optimizer, loss_fn, iterator, sampler, logq_tables
 
 
+def gru4rec_epochs(run, config, device):
+    """Train GRU4Rec epoch by epoch; yields (mean loss, speed note) after each epoch."""
+    iterator = run[3]
+    for epoch in range(config['n_epochs']):
+        start = time.perf_counter()
+        with tqdm(total=len(iterator), desc=f'epoch {epoch}', unit='mb', leave=False, disable=None) as progress:
+            loss, n_targets, n_steps = train_epoch(*run, config, device, progress)
+        seconds = time.perf_counter() - start
+        yield loss, f'{n_steps / seconds:.1f} mb/s  {n_targets / seconds:,.0f} events/s'
+
+
 def train(args, config, device):
+    """Train (or fit) the configured model; a checkpoint, a summary line and curves.png after each epoch.
+    Returns (last checkpoint path, its metrics or None)."""
     train_path = data_path(args.data_folder, args.train_data)
     valid_path = data_path(args.data_folder, args.valid_data) if args.valid_data else None
     data = SessionData(train_path)
     valid = SessionData(valid_path, item_map=data.item_map) if valid_path else None
-    torch.manual_seed(config['seed'])
-    np.random.seed(config['seed'])
-    run = training_setup(config, data, device)
-    model, optimizer, _, iterator, sampler, _ = run
-    run_dir = new_run_dir(args.checkpoint_dir)
-    saved = dict(config, train_data=train_path, valid_data=valid_path, device=device, n_items=len(data.item_map))
-    write_json(os.path.join(run_dir, 'config.json'), saved)
-    print(f'train {train_path}: {data.n_events:,} events, {data.n_sessions:,} sessions, {len(data.item_map):,} items; '
-          f'{iterator.n_targets:,} targets in {len(iterator):,} mini-batches per epoch')
+    torch.manual_seed(config['seed'] if 'seed' in config else 42)
+    np.random.seed(config['seed'] if 'seed' in config else 42)
+    name = config.get('model', 'GRU4Rec')
+    print(f'train {train_path}: {data.n_events:,} events, {data.n_sessions:,} sessions, {len(data.item_map):,} items')
+    if name == 'GRU4Rec':
+        run = training_setup(config, data, device)
+        model, optimizer, _, iterator, sampler, _ = run
+        print(f'{iterator.n_targets:,} targets in {len(iterator):,} mini-batches per epoch')
+        epochs = gru4rec_epochs(run, config, device)
+    else:
+        model, optimizer, sampler = build_model(config, len(data.item_map), device), None, None
+        epochs = ((loss, 'fitted') for loss in model.fit(data))
     if valid is not None:
         print(f'valid {valid_path}: {valid.n_events:,} events, {valid.n_sessions:,} sessions '
               f'({valid.dropped_events:,} clicks on unknown items and {valid.dropped_sessions:,} short sessions dropped)')
-    print('config: ' + json.dumps(config))
+    run_dir = new_run_dir(args.checkpoint_dir)
+    saved = dict(config, model=name, train_data=train_path, valid_data=valid_path, device=device,
+                 n_items=len(data.item_map))
+    write_json(os.path.join(run_dir, 'config.json'), saved)
+    print(f'{name} config: ' + json.dumps(config))
     print(f'run folder: {run_dir}  device: {device}  threads: {torch.get_num_threads()}')
-    last_good = None
-    for epoch in range(config['n_epochs']):
+    last_good, metrics, history = None, None, []
+    for epoch in itertools.count():
         start = time.perf_counter()
-        with tqdm(total=len(iterator), desc=f'epoch {epoch}', unit='mb', leave=False, disable=None) as progress:
-            try:
-                loss, n_targets, n_steps = train_epoch(*run, config, device, progress)
-            except Diverged as where:
-                print(f'error: the training loss became NaN or infinite in epoch {epoch} (at {where}); '
-                      f'stopped. ' + (f'The last good checkpoint is {last_good}. ' if last_good else '')
-                      + 'Try a lower --lr.', file=sys.stderr)
-                sys.exit(3)
-        seconds = time.perf_counter() - start
-        line = (f'epoch {epoch}  loss {loss:.6f}  {seconds:.1f} s  {n_steps / seconds:.1f} mb/s  '
-                f'{n_targets / seconds:,.0f} events/s')
+        try:
+            loss, speed = next(epochs)
+        except StopIteration:
+            break
+        except (Diverged, FloatingPointError) as where:
+            print(f'error: the training loss became NaN or infinite in epoch {epoch} ({where}); '
+                  f'stopped. ' + (f'The last good checkpoint is {last_good}. ' if last_good else '')
+                  + 'Try a lower --lr.', file=sys.stderr)
+            sys.exit(3)
+        line = f'epoch {epoch}  ' + (f'loss {loss:.6f}  ' if loss is not None else '') + \
+            f'{time.perf_counter() - start:.1f} s  {speed}'
         metrics = None
         if valid is not None:
             metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device)
             line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
         path = os.path.join(run_dir, f'model_{epoch:05d}.pt')
-        save_checkpoint(path, model, config, data.item_map, optimizer, sampler, epoch, loss, metrics)
+        save_checkpoint(path, model, dict(config, model=name), data.item_map, optimizer, sampler, epoch, loss,
+                        metrics)
         last_good = path
+        history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
+        write_curves(os.path.join(run_dir, 'curves.png'), history, f'{name} ({os.path.basename(run_dir)})')
         print(line, flush=True)
     print(f'saved {last_good}')
-    return last_good
+    return last_good, metrics
+
+
+def write_curves(path, history, title):
+    """curves.png: training loss per epoch and, when evaluated, Recall@K and MRR@K per epoch (headless)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    epochs = [h['epoch'] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    losses = [h['loss'] for h in history]
+    if any(v is not None for v in losses):
+        left.plot(epochs, [float('nan') if v is None else v for v in losses], marker='o')
+    else:
+        left.text(0.5, 0.5, 'no training loss (fitted in one pass)', ha='center', va='center')
+    left.set(title='training loss', xlabel='epoch')
+    evaluated = [h for h in history if h['metrics']]
+    if evaluated:
+        for key in (k for k in evaluated[-1]['metrics'] if '@' in k):
+            right.plot([h['epoch'] for h in evaluated], [h['metrics'][key] for h in evaluated], marker='o',
+                       linestyle='-' if key.startswith('Recall') else '--', label=key)
+        right.legend(fontsize=7, ncol=2)
+    else:
+        right.text(0.5, 0.5, 'not evaluated (no --valid_data)', ha='center', va='center')
+    right.set(title='Recall@K and MRR@K', xlabel='epoch')
+    fig.suptitle(title)
+    fig.tight_layout()
+    write_atomically([path], lambda tmp: fig.savefig(tmp[path], format='png', dpi=90))
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -426,7 +539,7 @@ def train(args, config, device):
 def run_eval(args, device):
     if not args.load_model:
         raise InputError('--is_eval needs --load_model checkpoint/<run>/model_XXXXX.pt')
-    model, config, item_map, state = load_checkpoint(args.load_model, device)
+    model, config, item_map, state = load_checkpoint(args.load_model, device, args.model)
     test_path = data_path(args.data_folder, args.valid_data or 'rsc15_test.txt')
     data = SessionData(test_path, item_map=item_map)
     if data.dropped_events or data.dropped_sessions:
@@ -465,6 +578,8 @@ def main(argv=None):
         return run_eval(args, device)
     if args.load_model:
         raise InputError('--load_model is for --is_eval (to evaluate a checkpoint); training starts from scratch')
+    if args.model not in (None, 'GRU4Rec'):
+        return train(args, resolve_baseline_config(args, args.model), device)
     return train(args, resolve_config(args), device)
 
 

@@ -146,7 +146,7 @@ def test_train_checkpoints_and_eval(split, tmp_path):
     runs = os.listdir(ckpt)
     assert len(runs) == 1
     run = ckpt / runs[0]
-    assert sorted(os.listdir(run)) == ['config.json', 'model_00000.pt', 'model_00001.pt']
+    assert sorted(os.listdir(run)) == ['config.json', 'curves.png', 'model_00000.pt', 'model_00001.pt']
     state = torch.load(run / 'model_00001.pt', weights_only=True)
     assert state['epoch'] == 1 and state['config']['layers'] == [16] and len(state['item_ids']) == state['model']['Y'].shape[0]
     assert state['sampler']['pointer'] > 0 and state['optimizer']['state']
@@ -190,6 +190,34 @@ def test_eval_bad_inputs(split, tmp_path):
     assert open(good, 'rb').read() == before
     result = run_command('main.py', '--is_eval', '--load_model', str(truncated))
     assert result.returncode == 2 and result.stderr.count('\n') == 1 and result.stderr.startswith('error: ')
+
+
+def test_baselines_train_checkpoint_and_evaluate_through_main(split, tmp_path):
+    ckpt = tmp_path / 'ck'
+    common = ['--data_folder', str(split), '--valid_data', 'rsc15_test.txt', '--checkpoint_dir', str(ckpt)]
+    path, metrics = main.main([*common, '--model', 'ItemKNN', '--params', 'n_sims=50,lmbd=10'])
+    assert os.path.basename(path) == 'model_00000.pt'
+    state = torch.load(path, weights_only=True)
+    assert state['model_name'] == 'ItemKNN' and state['config']['n_sims'] == 50 and state['config']['lmbd'] == 10.0
+    assert sorted(os.listdir(os.path.dirname(path))) == ['config.json', 'curves.png', 'model_00000.pt']
+    again = main.main(['--data_folder', str(split), '--is_eval', '--load_model', path, '--valid_data', 'rsc15_test.txt'])
+    assert again['Recall@20'] == pytest.approx(metrics['Recall@20']) and again['Recall@20'] > 0.1
+    bpr, _ = main.main([*common, '--model', 'BPRMF', '--n_epochs', '2', '--params', 'n_factors=8'])
+    assert sorted(p for p in os.listdir(os.path.dirname(bpr)) if p.endswith('.pt')) == ['model_00000.pt', 'model_00001.pt']
+    assert torch.load(bpr, weights_only=True)['loss'] < 0
+    gru, _ = main.main([*common, *SMALL, '--n_epochs', '1'])
+    cases = [(['--is_eval', '--load_model', path, '--model', 'GRU4Rec'], 'holds a ItemKNN model, not GRU4Rec'),
+             (['--is_eval', '--load_model', gru, '--model', 'POP'], 'holds a GRU4Rec model, not POP'),
+             (['--model', 'POP', '--loss_type', 'TOP1'], '--loss_type does not apply to --model POP'),
+             (['--model', 'POP', '--params', 'n_sims=5'], 'POP has no parameter'),
+             (['--model', 'ItemKNN', '--params', 'alpha=2'], 'alpha must be in'),
+             (['--model', 'BPRMF', '--params', 'negatives=popular'], 'first_rows or uniform'),
+             (['--model', 'SPOP', '--params', 'iclr16_top1'], 'is a GRU4Rec preset')]
+    for argv, message in cases:
+        with pytest.raises(InputError, match=message):
+            main.main([*common, *argv])
+    result = run_command('main.py', '--model', 'KNN')
+    assert result.returncode == 2 and "invalid choice: 'KNN'" in result.stderr
 
 
 def test_nan_loss_stops_and_keeps_no_bad_checkpoint(split, tmp_path):
