@@ -521,8 +521,11 @@ def write_curves(path, history, title):
     left.set(title='training loss', xlabel='epoch')
     evaluated = [h for h in history if h['metrics']]
     if evaluated:
-        for key in (k for k in evaluated[-1]['metrics'] if '@' in k):
+        keys = [k for k in evaluated[-1]['metrics'] if '@' in k and k != 'MRR@1']   # MRR@1 = Recall@1
+        cutoffs = sorted({int(k.split('@')[1]) for k in keys})
+        for key in keys:
             right.plot([h['epoch'] for h in evaluated], [h['metrics'][key] for h in evaluated], marker='o',
+                       color=f'C{cutoffs.index(int(key.split("@")[1]))}',
                        linestyle='-' if key.startswith('Recall') else '--', label=key)
         right.legend(fontsize=7, ncol=2)
     else:
