@@ -288,7 +288,8 @@ def parse_value(p, text):
 def search(settings, run_dir, n_trials):
     space = read_space(settings['space'], settings['model'])
     trials_path = os.path.join(run_dir, 'trials.csv')
-    fields = ['trial', 'status', 'value', 'seconds'] + [p['name'] for p in space] + ['error']
+    k = settings['metric'].split('@')[1]
+    fields = ['trial', 'status', 'value', f'recall@{k}', f'mrr@{k}', 'seconds'] + [p['name'] for p in space] + ['error']
     rows = read_trials(trials_path)
     key = metric_key(settings['metric'])
     os.makedirs(os.path.join(run_dir, 'logs'), exist_ok=True)
@@ -317,6 +318,8 @@ def search(settings, run_dir, n_trials):
         value = metrics[key] if metrics else None
         row = dict(trial=number, status='ok' if metrics else 'failed', value='' if value is None else f'{value:.6f}',
                    seconds=f'{time.perf_counter() - start:.1f}', error=error, **params)
+        for name in (f'Recall@{k}', f'MRR@{k}'):
+            row[name.lower()] = f'{metrics[name]:.6f}' if metrics else ''
         append_trial(trials_path, row, fields)
         rows.append({k: str(v) for k, v in row.items()})
         if study is not None and metrics:

@@ -83,6 +83,7 @@ def test_search_resume_and_final_retrain_agree(data, tmp_path):
     assert saved['best_trial'] == int(best['trial']) and saved['valid']['MRR@20'] == pytest.approx(float(best['value']))
     assert {k: str(v) for k, v in saved['params'].items()} == {k: best[k] for k in saved['params']}
     assert saved['trials'] == 3 and result['test'] == saved['test']
+    assert all(r['value'] == r['mrr@20'] and 0 < float(r['recall@20']) <= 1 for r in rows)
     checkpoint = os.path.join(tune.ROOT, saved['checkpoint'])
     again = main.main(['--is_eval', '--load_model', checkpoint, '--data_folder', str(data), '--valid_data', 'rsc15_test.txt'])
     assert again['MRR@20'] == pytest.approx(saved['test']['MRR@20'])        # the final model is what was reported
