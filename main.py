@@ -128,6 +128,8 @@ def parse_args(argv=None):
                    '(default there: rsc15_test.txt)')
     d.add_argument('--checkpoint_dir', default='checkpoint', help='runs go to <checkpoint_dir>/<MMDDHHMM>')
     d.add_argument('--is_eval', action='store_true', help='evaluate --load_model instead of training')
+    d.add_argument('--resume', metavar='RUN', help='continue checkpoint/<run> from its last complete checkpoint '
+                   '(same settings, data order, sampler and optimiser state; --n_epochs may extend it)')
     d.add_argument('--load_model', help='checkpoint to evaluate')
     d.add_argument('--eval_cutoffs', type=int, nargs='+', default=list(DEFAULT_CUTOFFS))
     d.add_argument('--tie_mode', default='standard', choices=TIE_MODES)
@@ -321,12 +323,13 @@ def new_run_dir(root):
     raise InputError(f'--checkpoint_dir {root}: too many runs named {stamp}_*')
 
 
-def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics):
+def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None):
     state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model_name': config.get('model', 'GRU4Rec'),
              'model': model.state_dict(), 'config': config, 'item_ids': item_map.to_list(),
              'optimizer': optimizer.state_dict() if optimizer is not None else None,
              'sampler': sampler.state_dict() if sampler is not None else None, 'epoch': epoch, 'loss': loss,
-             'metrics': metrics}
+             'metrics': metrics, 'history': history, 'rng': torch.get_rng_state(),
+             'cuda_rng': torch.cuda.get_rng_state() if any(t.is_cuda for t in model.state_dict().values()) else None}
     write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
 
 
@@ -438,10 +441,10 @@ def training_setup(config, data, device, model=None):
     return model, optimizer, loss_fn, iterator, sampler, logq_tables
 
 
-def gru4rec_epochs(run, config, device):
-    """Train GRU4Rec epoch by epoch; yields (mean loss, speed note) after each epoch."""
+def gru4rec_epochs(run, config, device, first=0):
+    """Train GRU4Rec epoch by epoch from epoch `first`; yields (mean loss, speed note) after each epoch."""
     iterator = run[3]
-    for epoch in range(config['n_epochs']):
+    for epoch in range(first, config['n_epochs']):
         start = time.perf_counter()
         with tqdm(total=len(iterator), desc=f'epoch {epoch}', unit='mb', leave=False, disable=None) as progress:
             loss, n_targets, n_steps = train_epoch(*run, config, device, progress)
@@ -449,61 +452,133 @@ def gru4rec_epochs(run, config, device):
         yield loss, f'{n_steps / seconds:.1f} mb/s  {n_targets / seconds:,.0f} events/s'
 
 
-def train(args, config, device):
+def train(args, config, device, resume=None):
     """Train (or fit) the configured model; a checkpoint, a summary line and curves.png after each epoch.
+    `resume`: (run folder, checkpoint dict) to continue that run after its checkpoint's epoch.
     Returns (last checkpoint path, its metrics or None)."""
-    train_path = data_path(args.data_folder, args.train_data)
-    valid_path = data_path(args.data_folder, args.valid_data) if args.valid_data else None
+    if resume is None:
+        train_path = data_path(args.data_folder, args.train_data)
+        valid_path = data_path(args.data_folder, args.valid_data) if args.valid_data else None
+    else:
+        train_path, valid_path = config.pop('train_data'), config.pop('valid_data')
+        for key in ('device', 'n_items'):
+            config.pop(key, None)
     data = SessionData(train_path)
     valid = SessionData(valid_path, item_map=data.item_map) if valid_path else None
     torch.manual_seed(config['seed'] if 'seed' in config else 42)
     np.random.seed(config['seed'] if 'seed' in config else 42)
     name = config.get('model', 'GRU4Rec')
     print(f'train {train_path}: {data.n_events:,} events, {data.n_sessions:,} sessions, {len(data.item_map):,} items')
+    first, history = 0, []
     if name == 'GRU4Rec':
         run = training_setup(config, data, device)
         model, optimizer, _, iterator, sampler, _ = run
         print(f'{iterator.n_targets:,} targets in {len(iterator):,} mini-batches per epoch')
-        epochs = gru4rec_epochs(run, config, device)
+        if resume is not None:
+            first, history = restore(resume[1], data, model, optimizer, sampler, device)
+        epochs = gru4rec_epochs(run, config, device, first)
     else:
         model, optimizer, sampler = build_model(config, len(data.item_map), device), None, None
         epochs = ((loss, 'fitted') for loss in model.fit(data))
     if valid is not None:
         print(f'valid {valid_path}: {valid.n_events:,} events, {valid.n_sessions:,} sessions '
               f'({valid.dropped_events:,} clicks on unknown items and {valid.dropped_sessions:,} short sessions dropped)')
-    run_dir = new_run_dir(args.checkpoint_dir)
-    saved = dict(config, model=name, train_data=train_path, valid_data=valid_path, device=device,
-                 n_items=len(data.item_map))
-    write_json(os.path.join(run_dir, 'config.json'), saved)
+    if resume is None:
+        run_dir = new_run_dir(args.checkpoint_dir)
+        saved = dict(config, model=name, train_data=train_path, valid_data=valid_path, device=device,
+                     n_items=len(data.item_map))
+        write_json(os.path.join(run_dir, 'config.json'), saved)
+    else:
+        run_dir = resume[0]
+        print(f'resuming {run_dir} after epoch {first - 1}')
     print(f'{name} config: ' + json.dumps(config))
     print(f'run folder: {run_dir}  device: {device}  threads: {torch.get_num_threads()}')
-    last_good, metrics, history = None, None, []
-    for epoch in itertools.count():
-        start = time.perf_counter()
-        try:
-            loss, speed = next(epochs)
-        except StopIteration:
-            break
-        except (Diverged, FloatingPointError) as where:
-            print(f'error: the training loss became NaN or infinite in epoch {epoch} ({where}); '
-                  f'stopped. ' + (f'The last good checkpoint is {last_good}. ' if last_good else '')
-                  + 'Try a lower --lr.', file=sys.stderr)
-            sys.exit(3)
-        line = f'epoch {epoch}  ' + (f'loss {loss:.6f}  ' if loss is not None else '') + \
-            f'{time.perf_counter() - start:.1f} s  {speed}'
-        metrics = None
-        if valid is not None:
-            metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device)
-            line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
-        path = os.path.join(run_dir, f'model_{epoch:05d}.pt')
-        save_checkpoint(path, model, dict(config, model=name), data.item_map, optimizer, sampler, epoch, loss,
-                        metrics)
-        last_good = path
-        history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
-        write_curves(os.path.join(run_dir, 'curves.png'), history, f'{name} ({os.path.basename(run_dir)})')
-        print(line, flush=True)
+    last_good = os.path.join(run_dir, f'model_{first - 1:05d}.pt') if first else None
+    metrics = history[-1]['metrics'] if history else None
+    epoch = first
+    try:
+        for epoch in itertools.count(first):
+            start = time.perf_counter()
+            try:
+                loss, speed = next(epochs)
+            except StopIteration:
+                break
+            except (Diverged, FloatingPointError) as where:
+                print(f'error: the training loss became NaN or infinite in epoch {epoch} ({where}); '
+                      f'stopped. ' + (f'The last good checkpoint is {last_good}. ' if last_good else '')
+                      + 'Try a lower --lr.', file=sys.stderr)
+                sys.exit(3)
+            line = f'epoch {epoch}  ' + (f'loss {loss:.6f}  ' if loss is not None else '') + \
+                f'{time.perf_counter() - start:.1f} s  {speed}'
+            metrics = None
+            if valid is not None:
+                metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device)
+                line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
+            history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
+            path = os.path.join(run_dir, f'model_{epoch:05d}.pt')
+            save_checkpoint(path, model, dict(config, model=name), data.item_map, optimizer, sampler, epoch, loss,
+                            metrics, history)
+            last_good = path
+            write_curves(os.path.join(run_dir, 'curves.png'), history, f'{name} ({os.path.basename(run_dir)})')
+            print(line, flush=True)
+    except KeyboardInterrupt:        # checkpoints are renamed into place whole, so the last one is intact
+        print(f'\ninterrupted in epoch {epoch}. ' + (
+            f'The last complete checkpoint is {last_good}; continue with: python main.py --resume {run_dir}'
+            if last_good else 'No epoch was complete, so there is nothing to resume.'), file=sys.stderr)
+        sys.exit(130)
     print(f'saved {last_good}')
     return last_good, metrics
+
+
+def restore(state, data, model, optimizer, sampler, device):
+    """Put a run back where its checkpoint left it: weights, optimiser, sample store, dropout RNG.
+    Returns (the next epoch, the history so far)."""
+    if state['item_ids'] != data.item_map.to_list():
+        raise InputError('--resume: the training file no longer gives the item map the run was trained with')
+    model.load_state_dict(state['model'])
+    optimizer.load_state_dict(state['optimizer'])
+    if sampler is not None:
+        sampler.load_state_dict(state['sampler'])
+    torch.set_rng_state(state['rng'])
+    if str(device).startswith('cuda') and state.get('cuda_rng') is not None:
+        torch.cuda.set_rng_state(state['cuda_rng'])
+    return state['epoch'] + 1, list(state.get('history') or [])
+
+
+def resume_run(args, device):
+    """--resume RUN: continue a run from its last complete checkpoint with its saved configuration."""
+    run_dir = args.resume.rstrip('/')
+    if os.path.isfile(run_dir):
+        run_dir = os.path.dirname(run_dir)
+    config_path = os.path.join(run_dir, 'config.json')
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        raise InputError(f'--resume {args.resume}: no readable config.json (expected a run folder checkpoint/<run>)') from None
+    if config.get('model', 'GRU4Rec') != 'GRU4Rec':
+        raise InputError(f'--resume {args.resume}: a {config["model"]} run is fitted again, not resumed '
+                         f'(python main.py --model {config["model"]} ...)')
+    refused = [k for k, v in vars(args).items() if v is not None and (k in DEFAULTS or k in ('params', 'hidden_size',
+               'num_layers', 'load_model')) and k != 'n_epochs']
+    if refused:
+        raise InputError(f'--resume continues with the run\'s saved settings; drop --{refused[0]} '
+                         f'(only --n_epochs may extend the run)')
+    if args.n_epochs is not None:
+        config['n_epochs'] = args.n_epochs
+    checkpoints = sorted(f for f in os.listdir(run_dir) if f.startswith('model_') and f.endswith('.pt'))
+    for name in reversed(checkpoints):          # the newest one that loads; a torn write never got its name
+        try:
+            _, _, _, state = load_checkpoint(os.path.join(run_dir, name), device, 'GRU4Rec')
+            break
+        except InputError as err:
+            print(f'skipping {name}: {err}', file=sys.stderr)
+    else:
+        raise InputError(f'--resume {args.resume}: no complete checkpoint to continue from')
+    if state['epoch'] + 1 >= config['n_epochs']:
+        raise InputError(f'--resume {args.resume}: all {config["n_epochs"]} epochs are done '
+                         f'(pass --n_epochs N to train further)')
+    return train(args, config, device, resume=(run_dir, state))
 
 
 def write_curves(path, history, title):
@@ -579,6 +654,8 @@ def main(argv=None):
     device = pick_device(args.device)
     if args.is_eval:
         return run_eval(args, device)
+    if args.resume:
+        return resume_run(args, device)
     if args.load_model:
         raise InputError('--load_model is for --is_eval (to evaluate a checkpoint); training starts from scratch')
     if args.model not in (None, 'GRU4Rec'):

@@ -3,6 +3,10 @@ and bad input. Runs on a small synthetic split made by the project's own generat
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ import torch
 
 import main
 import preprocessing
-from conftest import SAMPLE, needs_sample, run_command, write_split
+from conftest import ROOT, SAMPLE, needs_sample, run_command, write_split
 from dataset import InputError, SessionData, SessionParallelIterator
 from scripts.make_synthetic import generate, write_raw
 
@@ -218,6 +222,47 @@ def test_baselines_train_checkpoint_and_evaluate_through_main(split, tmp_path):
             main.main([*common, *argv])
     result = run_command('main.py', '--model', 'KNN')
     assert result.returncode == 2 and "invalid choice: 'KNN'" in result.stderr
+
+
+def start_training(argv, checkpoint_dir, until, signal_to_send):
+    """Start main.py, wait until `until` (a checkpoint name) exists in its run folder, then signal it."""
+    process = subprocess.Popen([sys.executable, 'main.py', *argv, '--checkpoint_dir', str(checkpoint_dir)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(str(checkpoint_dir / '*' / until)) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal_to_send)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr, glob.glob(str(checkpoint_dir / '*'))[0]
+
+
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(split, tmp_path):
+    argv = ['--data_folder', str(split), '--valid_data', 'rsc15_test.txt', *SMALL, '--n_epochs', '4']
+    whole = run_command('main.py', *argv, '--checkpoint_dir', str(tmp_path / 'whole'))
+    assert whole.returncode == 0, whole.stderr
+    code, _, run = start_training(argv, tmp_path / 'cut', 'model_00001.pt', signal.SIGKILL)
+    assert code == -signal.SIGKILL and not os.path.exists(os.path.join(run, 'model_00003.pt'))
+    resumed = run_command('main.py', '--resume', run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'resuming' in resumed.stdout and 'epoch 0 ' not in resumed.stdout
+    ours = torch.load(os.path.join(run, 'model_00003.pt'), weights_only=True)
+    reference = torch.load(glob.glob(str(tmp_path / 'whole' / '*' / 'model_00003.pt'))[0], weights_only=True)
+    assert all(torch.equal(ours['model'][k], reference['model'][k]) for k in reference['model'])
+    assert ours['loss'] == reference['loss'] and ours['metrics'] == reference['metrics']
+    assert [h['loss'] for h in ours['history']] == [h['loss'] for h in reference['history']]
+    done = run_command('main.py', '--resume', run)
+    assert done.returncode == 2 and 'all 4 epochs are done' in done.stderr
+    refused = run_command('main.py', '--resume', run, '--lr', '0.5')
+    assert refused.returncode == 2 and 'drop --lr' in refused.stderr
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(split, tmp_path):
+    argv = ['--data_folder', str(split), *SMALL, '--n_epochs', '50']
+    code, stderr, run = start_training(argv, tmp_path, 'model_00000.pt', signal.SIGINT)
+    assert code == 130 and 'Traceback' not in stderr
+    assert f'python main.py --resume {run}' in stderr and 'The last complete checkpoint is' in stderr
+    last = stderr.split('The last complete checkpoint is ')[1].split(';')[0]
+    assert torch.load(last, weights_only=True)['epoch'] >= 0      # intact and loadable
 
 
 def test_nan_loss_stops_and_keeps_no_bad_checkpoint(split, tmp_path):
