@@ -15,6 +15,7 @@ Follows the official GRU4Rec code (hidasib/GRU4Rec_PyTorch_Official, `SessionDat
 Deliberate difference: sessions with a single click (never present in the preprocessed files) are left
 out of the schedule instead of occupying a slot for zero steps; they yield no target either way.
 """
+import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ import pyarrow.csv as pacsv
 
 class InputError(Exception):
     """Bad input: the message is one line naming the file, row or flag and what was expected."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are InputErrors: one line naming the flag (run_cli prints it), not usage."""
+
+    def error(self, message):
+        raise InputError(f'{message} (see {self.prog} --help)')
 
 
 def run_cli(main):

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from baselines import BASELINE_DEFAULTS, BASELINES
-from dataset import InputError, ItemMap, SessionData, SessionParallelIterator, run_cli, \
+from dataset import ArgumentParser, InputError, ItemMap, SessionData, SessionParallelIterator, run_cli, \
     write_atomically
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from loss import PAIRING, canonical_loss, check_pairing, loss_function
@@ -88,7 +88,7 @@ OFFICIAL_NAMES = {'loss': 'loss_type', 'learning_rate': 'lr', 'dropout_p_embed':
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Train or evaluate GRU4Rec (session-based recommendations).',
+    p = ArgumentParser(description='Train or evaluate GRU4Rec (session-based recommendations).',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
     g = p.add_argument_group('model and training (default: the published settings of the loss)')
     g.add_argument('--model', choices=MODELS, help='GRU4Rec (default) or a baseline; baselines take their '

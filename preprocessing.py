@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from dataset import InputError, run_cli, write_atomically
+from dataset import ArgumentParser, InputError, run_cli, write_atomically
 
 DAY = 86400
 MAX_RUNS = 1000   # a file taking more runs of lines than this from a formatted chunk is cut by a byte mask
@@ -463,7 +463,7 @@ def preprocess(input_path, output_dir, variant='rsc15', test_days=1, recent_frac
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+    p = ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog='See the module docstring for the exact rules.')
     p.add_argument('--input', default='data/yoochoose-clicks.dat', help='raw click file (default: %(default)s)')

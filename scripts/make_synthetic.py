@@ -16,7 +16,6 @@ Deterministic for a given seed and size. What it models, all vectorised with num
   and time order differ slightly, as in the real file. Rows are written in session-id order.
 * ids: sessions 1..n; item ids spread over the real file's range (214,500,000 + up to 430M).
 """
-import argparse
 import os
 import sys
 
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from dataset import InputError, run_cli, write_atomically  # noqa: E402
+from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 
 START_MS = 1396310400000  # 2014-04-01T00:00:00Z
 FULL = dict(n_sessions=9_249_729, n_items=52_739, mean_length=3.568, days=183)
@@ -99,7 +98,7 @@ def write_raw(path, clicks, chunk=4_000_000):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--out', default='data/synthetic/yoochoose-clicks.dat', help='output file (default: %(default)s)')
     p.add_argument('--full', action='store_true', help='RSC15 scale: 9.25M sessions, 52.7k items, ~33M clicks, 183 days')
     p.add_argument('--sessions', type=int, help=f'number of sessions (default {DEMO["n_sessions"]})')

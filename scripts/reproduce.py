@@ -14,8 +14,6 @@ results/<name>/results.json, results/<name>/comparison.png, and the runs' checkp
 results/<name>/checkpoints/ (results/ is git-ignored). --quick uses the same settings; only the data is
 small (about 10 minutes on a 2-core CPU); its preprocessed files live in a temporary folder.
 """
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 import main  # noqa: E402
 import preprocessing  # noqa: E402
-from dataset import InputError, run_cli, write_atomically  # noqa: E402
+from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 from scripts.make_synthetic import DEMO, generate, write_raw  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'yoochoose-clicks-sample.dat')
@@ -124,7 +122,7 @@ def write_text(path, text):
 
 
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data', default='data', help='folder holding rsc15_train_full.txt and rsc15_test.txt')
     p.add_argument('--quick', action='store_true', help='run on the real sample (or the synthetic demo data)')
     p.add_argument('--name', help='results/<name> (default: rsc15, or quick)')

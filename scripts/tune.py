@@ -26,7 +26,6 @@ Space files, one parameter per line, names official or ours (checked against the
 Shipped: scripts/paramspaces/gru4rec_xe.json and gru4rec_bprmax.json (the official spaces; `--space
 xe` / `bprmax`) and itemknn.test (an example).
 """
-import argparse
 import ast
 import contextlib
 import csv
@@ -44,7 +43,7 @@ import numpy as np  # noqa: E402
 
 import main  # noqa: E402
 from baselines import BASELINE_DEFAULTS  # noqa: E402
-from dataset import InputError, run_cli, write_atomically  # noqa: E402
+from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 from scripts.reproduce import prepare_quick_data, write_text  # noqa: E402
 
 SPACES = {'xe': os.path.join(ROOT, 'scripts', 'paramspaces', 'gru4rec_xe.json'),
@@ -353,7 +352,7 @@ def search(settings, run_dir, n_trials):
 
 
 def main_(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', default='GRU4Rec', choices=main.MODELS)
     p.add_argument('--space', help='xe, bprmax or a space file (default: xe for GRU4Rec)')
     p.add_argument('--trials', type=int, help='number of trials in all (default 20; 5 with --quick)')
