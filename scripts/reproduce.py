@@ -130,6 +130,13 @@ def main_(argv=None):
     p.add_argument('--only', nargs='+', help='run only these models (names as in the table, e.g. POP Item-KNN)')
     p.add_argument('--device', default='auto')
     args = p.parse_args(argv)
+    runs = [r for r in RUNS if not args.only or r[0] in args.only]
+    if not runs:
+        raise InputError(f'--only {" ".join(args.only)}: no such model (expected some of {", ".join(r[0] for r in RUNS)})')
+    if not args.quick:
+        for name in ('rsc15_train_full.txt', 'rsc15_test.txt'):
+            if not os.path.isfile(os.path.join(args.data, name)):
+                raise InputError(f'--data {args.data}: no {name} (run preprocessing.py first, or use --quick)')
     out = os.path.join(args.results_dir, args.name or ('quick' if args.quick else 'rsc15'))
     try:
         os.makedirs(out, exist_ok=True)
@@ -137,18 +144,8 @@ def main_(argv=None):
         probe.close()
     except OSError as err:
         raise InputError(f'--results_dir {out}: cannot write there ({err.strerror})') from None
-    runs = [r for r in RUNS if not args.only or r[0] in args.only]
-    if not runs:
-        raise InputError(f'--only {" ".join(args.only)}: no such model (expected some of {", ".join(r[0] for r in RUNS)})')
     scratch = tempfile.TemporaryDirectory(prefix='reproduce_')     # the quick data (never kept: no copy of the sample)
-    if args.quick:
-        data = scratch.name
-        source = prepare_quick_data(data)
-    else:
-        data, source = args.data, f'{args.data}'
-        for name in ('rsc15_train_full.txt', 'rsc15_test.txt'):
-            if not os.path.isfile(os.path.join(data, name)):
-                raise InputError(f'--data {data}: no {name} (run preprocessing.py first, or use --quick)')
+    data, source = (scratch.name, prepare_quick_data(scratch.name)) if args.quick else (args.data, args.data)
     on_sample = args.quick and source.startswith('the real sample')
     results = []
     for name, flags, _, _ in runs:

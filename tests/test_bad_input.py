@@ -1,0 +1,125 @@
+"""Every command against bad input: non-zero exit, one clear line, no traceback, nothing written or overwritten.
+
+Each case runs the command as a user would (a subprocess) in a folder that already holds an earlier
+run's output, and the folder must be byte for byte the same afterwards.
+"""
+import glob
+import hashlib
+import os
+
+import pytest
+
+import main
+import preprocessing
+from conftest import ROOT, run_command, write_split
+from scripts.make_synthetic import generate, write_raw
+
+GOOD_LINE = '1,2014-04-07T10:51:09.277Z,214536502,0\n'
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    """A preprocessed synthetic split and a GRU4Rec checkpoint trained on it."""
+    root = tmp_path_factory.mktemp('world')
+    raw = root / 'yoochoose-clicks.dat'
+    write_raw(str(raw), generate(800, 60, days=10, seed=8))
+    preprocessing.preprocess(str(raw), str(root) + '/', log=lambda *a: None)
+    path, _ = main.main(['--data_folder', str(root), '--checkpoint_dir', str(root / 'ck'), '--layers', '8',
+                         '--batch_size', '8', '--n_sample', '8', '--n_epochs', '1'])
+    good = open(path, 'rb').read()
+    return {'root': root, 'raw': str(raw), 'checkpoint': path, 'truncated': good[:len(good) // 2]}
+
+
+def snapshot(folder):
+    """Every file (with a hash of its bytes) and every folder below `folder`."""
+    return {os.path.relpath(p, folder): hashlib.sha256(open(p, 'rb').read()).hexdigest() if os.path.isfile(p)
+            else 'folder' for p in glob.glob(str(folder / '**' / '*'), recursive=True)}
+
+
+def raw_file(tmp, text, binary=False):
+    path = tmp / 'clicks.dat'
+    path.write_bytes(text) if binary else path.write_text(text)
+    return str(path)
+
+
+def split_file(tmp, text):
+    path = tmp / 'split.txt'
+    path.write_text(text)
+    return str(path)
+
+
+def foreign_test(tmp):
+    return write_split(tmp / 'other.txt', [(1, 999000001, 1.0), (1, 999000002, 2.0), (1, 999000001, 3.0)])
+
+
+# (command, arguments built from (tmp folder, world), what the one line must say)
+CASES = {
+    'pre: missing file': ('preprocessing.py', lambda t, w: ['--input', str(t / 'none.dat')], 'none.dat: no such file'),
+    'pre: empty file': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, '')], 'the file is empty'),
+    'pre: binary file': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, bytes(range(256)) * 40, True)],
+                         'clicks.dat'),
+    'pre: truncated line': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, GOOD_LINE * 3 + '2,2014-04-0')],
+                            'line 4'),
+    'pre: semicolons': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, GOOD_LINE.replace(',', ';') * 3)],
+                        'line 1: expected 4 comma-separated fields'),
+    'pre: three columns': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, GOOD_LINE[:-3] + '\n')],
+                           'expected 4 comma-separated fields'),
+    'pre: non-numeric id': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, GOOD_LINE + 'x9,' + GOOD_LINE[2:])],
+                            "line 2: session id must be an integer, got 'x9'"),
+    'pre: bad timestamp': ('preprocessing.py', lambda t, w: ['--input', raw_file(t, GOOD_LINE + '1,yesterday,5,0\n')],
+                           "line 2: unparsable timestamp 'yesterday'"),
+    'pre: negative test_days': ('preprocessing.py', lambda t, w: ['--input', w['raw'], '--test_days', '-1'],
+                                '--test_days must be positive'),
+    'train: missing file': ('main.py', lambda t, w: ['--train_data', str(t / 'none.txt')], 'none.txt: no such file'),
+    'train: empty file': ('main.py', lambda t, w: ['--train_data', split_file(t, '')], 'split.txt'),
+    'train: commas, not TABs': ('main.py', lambda t, w: ['--train_data', split_file(t, 'SessionId,ItemId,Time\n1,2,3\n')],
+                                'split.txt'),
+    'train: non-numeric time': ('main.py', lambda t, w: ['--train_data', split_file(
+        t, 'SessionId\tItemId\tTime\n1\t5\tnoon\n1\t6\t2\n')], 'split.txt'),
+    'train: negative batch size': ('main.py', lambda t, w: ['--data_folder', str(w['root']), '--batch_size', '-4'],
+                                   '--batch_size must be >= 1'),
+    'train: dropout 1': ('main.py', lambda t, w: ['--data_folder', str(w['root']), '--dropout_hidden', '1'],
+                         '--dropout_hidden must be in [0, 1)'),
+    'train: unknown loss': ('main.py', lambda t, w: ['--data_folder', str(w['root']), '--loss_type', 'hinge'], 'hinge'),
+    'train: unknown activation': ('main.py', lambda t, w: ['--data_folder', str(w['root']), '--final_act', 'swish'],
+                                  'swish'),
+    'train: softmax with TOP1': ('main.py', lambda t, w: ['--data_folder', str(w['root']), '--loss_type', 'TOP1',
+                                                          '--final_act', 'softmax'], 'softmax'),
+    'train: unknown model': ('main.py', lambda t, w: ['--model', 'NARM9'], "invalid choice: 'NARM9'"),
+    'train: load_model without is_eval': ('main.py', lambda t, w: ['--load_model', w['checkpoint']],
+                                          '--load_model is for --is_eval'),
+    'eval: no checkpoint given': ('main.py', lambda t, w: ['--is_eval'], '--is_eval needs --load_model'),
+    'eval: truncated checkpoint': ('main.py', lambda t, w: ['--is_eval', '--load_model', raw_file(
+        t, w['truncated'], True)], 'not a readable checkpoint'),
+    'eval: text file as checkpoint': ('main.py', lambda t, w: ['--is_eval', '--load_model', raw_file(t, GOOD_LINE)],
+                                      'not a readable checkpoint'),
+    'eval: checkpoint trained on other items': ('main.py', lambda t, w: [
+        '--is_eval', '--load_model', w['checkpoint'], '--valid_data', foreign_test(t)],
+        'no click is on an item of the training set'),
+    'eval: baseline flag on a GRU4Rec checkpoint': ('main.py', lambda t, w: [
+        '--is_eval', '--load_model', w['checkpoint'], '--model', 'POP', '--data_folder', str(w['root'])],
+        'holds a GRU4Rec model, not POP'),
+    'resume: not a run folder': ('main.py', lambda t, w: ['--resume', str(t)], 'no readable config.json'),
+    'reproduce: no data': ('scripts/reproduce.py', lambda t, w: ['--data', str(t / 'none'), '--results_dir', str(t)],
+                           'no rsc15_train_full.txt'),
+    'reproduce: unknown model': ('scripts/reproduce.py', lambda t, w: ['--only', 'GRU5', '--results_dir', str(t)],
+                                 '--only GRU5: no such model'),
+}
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_bad_input(case, world, tmp_path):
+    command, build, message = CASES[case]
+    (tmp_path / 'checkpoint' / 'earlier').mkdir(parents=True)          # an earlier run's output, to be left alone
+    (tmp_path / 'checkpoint' / 'earlier' / 'model_00000.pt').write_bytes(b'earlier weights')
+    (tmp_path / 'rsc15_test.txt').write_text('an earlier split\n')
+    (tmp_path / 'results.json').write_text('{"earlier": 1}\n')
+    argv = build(tmp_path, world)
+    before = snapshot(tmp_path)
+    defaults = ['--checkpoint_dir', str(tmp_path / 'checkpoint')] if command == 'main.py' else \
+        ['--output_dir', str(tmp_path)] if command == 'preprocessing.py' else []
+    result = run_command(os.path.join(ROOT, command), *argv, *defaults, cwd=str(tmp_path))
+    assert result.returncode != 0
+    assert 'Traceback' not in result.stderr and result.stderr.count('\n') == 1, result.stderr
+    assert result.stderr.startswith('error: ') and message in result.stderr, result.stderr
+    assert snapshot(tmp_path) == before                 # nothing half-written, nothing overwritten
