@@ -24,7 +24,7 @@ def test_quick_run_of_two_models_writes_table_json_and_chart(tmp_path):
 def test_bad_input_is_one_line(tmp_path):
     blocked = tmp_path / 'file'
     blocked.write_text('not a folder')
-    cases = [(['--results_dir', str(blocked)], 'cannot write there'),
+    cases = [(['--quick', '--results_dir', str(blocked)], 'cannot write there'),
              (['--data', str(tmp_path / 'none'), '--results_dir', str(tmp_path)], 'no rsc15_train_full.txt'),
              (['--quick', '--only', 'KNN', '--results_dir', str(tmp_path)], '--only KNN: no such model')]
     for argv, message in cases:
