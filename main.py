@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from baselines import BASELINE_DEFAULTS, BASELINES
+from comparison_models import COMPARISON_DEFAULTS, COMPARISON_MODELS
 from dataset import ArgumentParser, InputError, ItemMap, SessionData, SessionParallelIterator, run_cli, \
     write_atomically
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
@@ -47,7 +48,9 @@ from optimizer import OPTIMIZERS, SPARSE_OK, make_optimizer
 
 CHECKPOINT_FORMAT = 'gru4rec-reproduction-checkpoint'
 CHECKPOINT_VERSION = 1
-MODELS = ('GRU4Rec',) + tuple(BASELINES)
+OTHER_MODELS = {**BASELINES, **COMPARISON_MODELS}          # everything but GRU4Rec: name -> class
+OTHER_DEFAULTS = {**BASELINE_DEFAULTS, **COMPARISON_DEFAULTS}
+MODELS = ('GRU4Rec',) + tuple(OTHER_MODELS)
 
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
                 dropout_input=0.0, dropout_hidden=0.0, lr=0.1, momentum=0.0, n_sample=2048, sample_alpha=0.5,
@@ -89,13 +92,13 @@ OFFICIAL_NAMES = {'loss': 'loss_type', 'learning_rate': 'lr', 'dropout_p_embed':
 
 def parse_args(argv=None):
     p = ArgumentParser(description='Train or evaluate GRU4Rec (session-based recommendations).',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
     g = p.add_argument_group('model and training (default: the published settings of the loss)')
-    g.add_argument('--model', choices=MODELS, help='GRU4Rec (default) or a baseline; baselines take their '
-                   'settings from --params "key=value,..." (' + '; '.join(
-                       f'{name}: ' + ', '.join(f'{k}={v}' for k, v in d.items())
-                       for name, d in BASELINE_DEFAULTS.items()) + ') and from --n_epochs, --lr, --seed, '
-                   '--batch_size where they have them')
+    g.add_argument('--model', choices=MODELS, help='GRU4Rec (default), a baseline of baselines.py or a '
+                   'comparison model of comparison_models.py; those take their settings (names and defaults in '
+                   'BASELINE_DEFAULTS / COMPARISON_DEFAULTS there) from --params "key=value,..." and from '
+                   '--n_epochs --lr --seed --batch_size --loss_type (CE or BPR) --hidden_size --max_seq_length '
+                   'where they have them')
     g.add_argument('--params', help='preset (' + ', '.join(PRESETS) + '), JSON file, official paramfile '
                    'or "key=value,..." string; flags given beside it override it')
     g.add_argument('--loss_type', help='TOP1, BPR, CE / CrossEntropy / cross-entropy, TOP1-max, BPR-max, xe_logit')
@@ -121,6 +124,7 @@ def parse_args(argv=None):
     g.add_argument('--bpreg', type=float, help='BPR-max score regularisation')
     g.add_argument('--logq', type=float, help='logQ correction weight (0 = off)')
     g.add_argument('--sample_store', type=int, help='negatives generated at once')
+    g.add_argument('--max_seq_length', type=int, help='comparison models: clicks of history kept (default 50)')
     d = p.add_argument_group('data, checkpoints and evaluation')
     d.add_argument('--data_folder', default='data', help='folder of bare file names in --train_data/--valid_data')
     d.add_argument('--train_data', default='rsc15_train_full.txt')
@@ -246,10 +250,10 @@ def resolve_config(args):
 
 
 def resolve_baseline_config(args, name):
-    """A baseline's settings: its defaults (spec E2) < --params key=value < the shared flags it has."""
-    config = dict(BASELINE_DEFAULTS[name])
-    given = {k: v for k, v in vars(args).items() if (k in DEFAULTS or k in ('hidden_size', 'num_layers'))
-             and v is not None}
+    """A baseline's or comparison model's settings: its defaults < --params key=value < the shared flags it has."""
+    config = dict(OTHER_DEFAULTS[name])
+    given = {k: v for k, v in vars(args).items()
+             if (k in DEFAULTS or k in ('hidden_size', 'num_layers', 'max_seq_length')) and v is not None}
     for flag in given:
         if flag not in config:
             raise InputError(f'--{flag} does not apply to --model {name} (its settings: {", ".join(config)})')
@@ -262,7 +266,7 @@ def resolve_baseline_config(args, name):
                                  f'(its settings: {", ".join(config)})')
             config[key] = value
     config.update(given)
-    for key, default in BASELINE_DEFAULTS[name].items():
+    for key, default in OTHER_DEFAULTS[name].items():
         try:
             config[key] = type(default)(config[key])
         except (TypeError, ValueError):
@@ -273,7 +277,18 @@ def resolve_baseline_config(args, name):
               'lr': (lambda v: v > 0, '> 0'), 'lambda_session': (lambda v: v >= 0, '>= 0'),
               'lambda_item': (lambda v: v >= 0, '>= 0'), 'sigma': (lambda v: v > 0, '> 0'),
               'batch_size': (lambda v: v >= 1, '>= 1'),
-              'negatives': (lambda v: v in ('first_rows', 'uniform'), 'first_rows or uniform')}
+              'negatives': (lambda v: v in ('first_rows', 'uniform'), 'first_rows or uniform'),
+              'loss_type': (lambda v: v.upper() in ('CE', 'BPR'), 'CE or BPR'),
+              'max_seq_length': (lambda v: v >= 1, '>= 1'), 'n_negatives': (lambda v: v >= 1, '>= 1'),
+              'embedding_size': (lambda v: v >= 1, '>= 1'), 'hidden_size': (lambda v: v >= 1, '>= 1'),
+              'inner_size': (lambda v: v >= 1, '>= 1'), 'n_layers': (lambda v: v >= 1, '>= 1'),
+              'n_heads': (lambda v: v >= 1, '>= 1'), 'finetune_epochs': (lambda v: v >= 0, '>= 0'),
+              'finetune_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+              'dropout_probs': (lambda v: len(v) == 2 and all(0 <= p < 1 for p in v), 'two values in [0, 1)')}
+    for key in ('dropout_prob', 'click_dropout', 'hidden_dropout_prob', 'attn_dropout_prob'):
+        checks[key] = (lambda v: 0 <= v < 1, 'in [0, 1)')
+    if 'n_heads' in config and config['hidden_size'] % max(config['n_heads'], 1):
+        raise InputError(f'{name}: hidden_size {config["hidden_size"]} must be divisible by n_heads {config["n_heads"]}')
     for key, value in config.items():
         ok, expected = checks.get(key, (lambda v: True, ''))
         if not ok(value):
@@ -300,7 +315,7 @@ def pick_device(name):
 def build_model(config, n_items, device):
     name = config.get('model', 'GRU4Rec')
     if name != 'GRU4Rec':
-        return BASELINES[name](n_items, **{k: v for k, v in config.items() if k != 'model'}).to(device)
+        return OTHER_MODELS[name](n_items, **{k: v for k, v in config.items() if k != 'model'}).to(device)
     return GRU4Rec(n_items, layers=config['layers'], embedding=config['embedding_dim'],
                    constrained_embedding=config['constrained_embedding'],
                    dropout_p_embed=config['dropout_input'], dropout_p_hidden=config['dropout_hidden'],

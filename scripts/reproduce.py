@@ -8,7 +8,8 @@ click ranked against all training items, standard ties, hit = rank <= K):
   POP, S-POP, Item-KNN, BPR-MF (spec E2);
   GRU4Rec with the ICLR'16 settings (TOP1, BPR, cross-entropy; 100 units, one-hot input, in-batch
   negatives only: presets iclr16_*) and the modern ones (cross-entropy + logQ with a shared embedding,
-  rsc15_xe_shared_100; BPR-max, bprmax_shared).
+  rsc15_xe_shared_100; BPR-max, bprmax_shared);
+  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, 10 epochs).
 Writes results/<name>/table.md (Recall@1/5/10/20 and MRR@5/10/20, training time, published figures),
 results/<name>/results.json, results/<name>/comparison.png, and the runs' checkpoints under
 results/<name>/checkpoints/ (results/ is git-ignored). --quick uses the same settings; only the data is
@@ -42,6 +43,11 @@ RUNS = [
     ('GRU4Rec XE + logQ, shared', ['--params', 'rsc15_xe_shared_100'], (0.7283, 0.3205, 'official README'),
      (0.6824, 0.3610)),
     ('GRU4Rec BPR-max, shared', ['--params', 'bprmax_shared'], None, (0.6889, 0.3644)),
+    # the comparison models (comparison_models.py), CE over all items, Adam at lr 0.01 (0.001 learns too slowly here)
+    ('NARM', ['--model', 'NARM', '--lr', '0.01'], None, None),
+    ('STAMP', ['--model', 'STAMP', '--lr', '0.01'], None, None),
+    ('SASRec', ['--model', 'SASRec', '--lr', '0.01'], None, None),
+    ('GRU4Rec+ (Tan et al.)', ['--model', 'GRU4RecPlus', '--lr', '0.01'], None, None),
 ]
 
 

@@ -1,0 +1,268 @@
+"""The session models that followed GRU4Rec, trained and scored on the same files and evaluation.
+
+* NARM (Li et al., CIKM 2017): item embeddings (64) -> GRU (128); the last state is the global encoder, an
+  attention over all states (query: the last state) the local one; their concatenation, through a
+  bilinear map, scores every item embedding. Dropout 0.25 on the embeddings, 0.5 before the map.
+* STAMP (Liu et al., KDD 2018): embeddings (64); attention over the session's embeddings using the last
+  click and the session mean; two tanh MLP cells (general interest from the attention output, current
+  interest from the last click); score = trilinear product <h_s, h_t, x_i>.
+* SASRec (Kang & McAuley, ICDM 2018): embeddings + learned positions (64), 2 post-norm transformer layers
+  (2 heads, inner 256, GELU, dropout 0.5, layer-norm eps 1e-12), causal attention, weights N(0, 0.02);
+  the output at the last click scores the item embeddings.
+* GRU4Rec+ (Tan et al., DLRS 2016): GRU4Rec over whole sequences with the paper's three additions:
+  prefix augmentation (as every model here), dropout of whole input clicks (`click_dropout`) and
+  recency fine-tuning (`finetune_epochs` more epochs on the most recent `finetune_fraction` of the
+  training sessions, by first click).
+
+Hyper-parameter names and defaults as the models' reference documentation (RecBole) gives them.
+Training (`fit`): every prefix of every training session predicts its next click (the last
+`max_seq_length` clicks kept), in shuffled mini-batches built on the fly from positions, so memory does
+not grow with max_seq_length; loss `CE` (softmax over all items) or `BPR` (against `n_negatives` items
+drawn uniformly); Adam. Scoring (`init_hidden` / `hidden_step` / `score_all`, the interface evaluate()
+uses): the state of a test session is its click history so far (the last max_seq_length clicks and
+their count), and every prediction runs the encoder over that history, so each test click is ranked
+exactly as for GRU4Rec: all items, the same prediction events, the same ties.
+
+Sequences are right-padded with the extra item index N (its embedding row is zero and never scored);
+the GRU models read them packed, NARM's and STAMP's attention masks the padding, SASRec's causal mask
+keeps later positions out of earlier ones, so padding never changes a score (tested).
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SequenceModel(nn.Module):
+    """Prefix training and history-based scoring shared by the comparison models."""
+
+    def __init__(self, n_items, embedding_size, max_seq_length=50, loss_type='CE', n_negatives=100, lr=0.001,
+                 n_epochs=10, batch_size=512, seed=42):
+        super().__init__()
+        if loss_type.upper() not in ('CE', 'BPR'):
+            raise ValueError(f'unknown loss_type {loss_type!r} for a comparison model: expected CE or BPR')
+        self.n_items, self.max_seq_length, self.loss_type = n_items, max_seq_length, loss_type.upper()
+        self.n_negatives, self.lr, self.n_epochs, self.batch_size, self.seed = n_negatives, lr, n_epochs, batch_size, seed
+        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=n_items)
+
+    # ---- the encoder each model defines: (B, L) right-padded items, (B,) lengths -> (B, d) session vector
+    def encode(self, sequences, lengths):
+        raise NotImplementedError
+
+    def item_vectors(self):
+        return self.item_embedding.weight[:self.n_items]
+
+    def scores(self, sequences, lengths):
+        return self.encode(sequences, lengths) @ self.item_vectors().T
+
+    # ---- evaluation interface: the state is [count, last max_seq_length clicks]
+    def init_hidden(self, batch_size, device='cpu'):
+        return [torch.zeros(batch_size, self.max_seq_length + 1, dtype=torch.long, device=device)]
+
+    def hidden_step(self, inputs, hidden):
+        state = hidden[0].clone()
+        full = state[:, 0] == self.max_seq_length
+        state[full, 1:-1] = state[full, 2:].clone()                   # drop the oldest click of full rows
+        length = torch.clamp(state[:, 0] + 1, max=self.max_seq_length)
+        state[torch.arange(len(inputs), device=inputs.device), length] = inputs
+        state[:, 0] = length
+        return [state]
+
+    def score_all(self, state):
+        lengths = state[:, 0]
+        width = int(lengths.max())                                    # columns past every history: all padding
+        sequences = state[:, 1:width + 1].clone()
+        positions = torch.arange(width, device=state.device)
+        sequences[positions[None, :] >= lengths[:, None]] = self.n_items
+        return self.scores(sequences, lengths)
+
+    # ---- training
+    def training_examples(self, data, sessions=None):
+        """(end, start) click positions of every prefix: the prefix is items[start:end], its target items[end]."""
+        offsets = data.offsets
+        chosen = np.arange(data.n_sessions) if sessions is None else sessions
+        lengths = offsets[chosen + 1] - offsets[chosen]
+        starts = np.repeat(offsets[chosen], lengths - 1)
+        ends = starts + (np.arange(int((lengths - 1).sum())) - np.repeat(np.cumsum(lengths - 1) - (lengths - 1), lengths - 1)) + 1
+        return ends, np.maximum(starts, ends - self.max_seq_length)
+
+    def batch(self, items, ends, starts, device):
+        """(sequences (B, longest prefix of the batch), lengths, targets); right padding past each prefix."""
+        lengths = ends - starts
+        index = starts[:, None] + np.arange(lengths.max())[None, :]
+        valid = index < ends[:, None]
+        sequences = np.where(valid, items[np.minimum(index, len(items) - 1)], self.n_items)
+        return (torch.from_numpy(sequences).to(device), torch.from_numpy(lengths).to(device),
+                torch.from_numpy(items[ends]).to(device))
+
+    def loss(self, sequences, lengths, targets, generator):
+        session = self.encode(sequences, lengths)
+        vectors = self.item_vectors()
+        if self.loss_type == 'CE':
+            return F.cross_entropy(session @ vectors.T, targets)
+        negatives = torch.randint(self.n_items, (len(targets), self.n_negatives), generator=generator,
+                                  device=targets.device)
+        positive = (session * vectors[targets]).sum(1, keepdim=True)
+        negative = torch.einsum('bd,bkd->bk', session, vectors[negatives])
+        return -F.logsigmoid(positive - negative).mean()
+
+    def epoch_schedule(self, data):
+        """The sessions of each epoch (None: all of them); GRU4Rec+ adds fine-tuning epochs."""
+        return [None] * self.n_epochs
+
+    def fit(self, data, **_):
+        """Adam over shuffled prefix mini-batches; yields the mean loss of each epoch."""
+        device = self.item_embedding.weight.device
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        items = data.items
+        for sessions in self.epoch_schedule(data):
+            ends, starts = self.training_examples(data, sessions)
+            order = rng.permutation(len(ends))
+            self.train()
+            total = 0.0
+            for lo in range(0, len(order), self.batch_size):
+                rows = order[lo:lo + self.batch_size]
+                loss = self.loss(*self.batch(items, ends[rows], starts[rows], device), generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(rows)
+            self.eval()
+            mean = total / max(len(order), 1)
+            if not math.isfinite(mean):
+                raise FloatingPointError('the loss became NaN; try a lower --lr')
+            yield mean
+
+
+def packed_gru(gru, embedded, lengths):
+    """Run a GRU over right-padded sequences; (all states (B, L, H) zero at padding, last states (B, H))."""
+    packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, last = gru(packed)
+    outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=embedded.shape[1])
+    return outputs, last[-1]
+
+
+class NARM(SequenceModel):
+    def __init__(self, n_items, embedding_size=64, hidden_size=128, n_layers=1, dropout_probs=(0.25, 0.5), **common):
+        super().__init__(n_items, embedding_size, **common)
+        self.embedding_dropout, self.context_dropout = nn.Dropout(dropout_probs[0]), nn.Dropout(dropout_probs[1])
+        self.gru = nn.GRU(embedding_size, hidden_size, n_layers, batch_first=True, bias=False)
+        self.a_1 = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.a_2 = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_t = nn.Linear(hidden_size, 1, bias=False)
+        self.b = nn.Linear(2 * hidden_size, embedding_size, bias=False)
+
+    def encode(self, sequences, lengths):
+        states, last = packed_gru(self.gru, self.embedding_dropout(self.item_embedding(sequences)), lengths)
+        mask = (sequences != self.n_items).unsqueeze(2)
+        alpha = self.v_t(torch.sigmoid(self.a_1(last).unsqueeze(1) + self.a_2(states)) * mask)
+        local = (alpha * states).sum(1)
+        return self.b(self.context_dropout(torch.cat([local, last], 1)))
+
+
+class STAMP(SequenceModel):
+    def __init__(self, n_items, embedding_size=64, **common):
+        super().__init__(n_items, embedding_size, **common)
+        self.w1 = nn.Linear(embedding_size, embedding_size, bias=False)
+        self.w2 = nn.Linear(embedding_size, embedding_size, bias=False)
+        self.w3 = nn.Linear(embedding_size, embedding_size, bias=True)
+        self.w0 = nn.Linear(embedding_size, 1, bias=False)
+        self.mlp_a = nn.Linear(embedding_size, embedding_size)
+        self.mlp_b = nn.Linear(embedding_size, embedding_size)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, 0.002)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.item_embedding.weight[n_items].zero_()
+
+    def encode(self, sequences, lengths):
+        x = self.item_embedding(sequences)
+        last = x[torch.arange(len(x), device=x.device), lengths - 1]
+        mean = x.sum(1) / lengths[:, None].float()                   # padding rows are zero
+        alpha = self.w0(torch.sigmoid(self.w1(x) + self.w2(last)[:, None] + self.w3(mean)[:, None]))
+        alpha = alpha * (sequences != self.n_items).unsqueeze(2)
+        attended = (alpha * x).sum(1) + mean
+        return torch.tanh(self.mlp_a(attended)) * torch.tanh(self.mlp_b(last))    # h_s * h_t: trilinear with x_i
+
+
+class SASRec(SequenceModel):
+    def __init__(self, n_items, hidden_size=64, inner_size=256, n_layers=2, n_heads=2, hidden_dropout_prob=0.5,
+                 attn_dropout_prob=0.5, hidden_act='gelu', layer_norm_eps=1e-12, initializer_range=0.02, **common):
+        super().__init__(n_items, hidden_size, **common)
+        self.position_embedding = nn.Embedding(self.max_seq_length, hidden_size)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(hidden_dropout_prob)
+        layer = nn.TransformerEncoderLayer(hidden_size, n_heads, inner_size, hidden_dropout_prob, activation=hidden_act,
+                                           layer_norm_eps=layer_norm_eps, batch_first=True, norm_first=False)
+        layer.self_attn.dropout = attn_dropout_prob
+        self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, initializer_range)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for name, weight in self.layers.named_parameters():
+            if name.endswith('in_proj_weight'):
+                nn.init.normal_(weight, 0.0, initializer_range)
+        with torch.no_grad():
+            self.item_embedding.weight[n_items].zero_()
+
+    def encode(self, sequences, lengths):
+        length = sequences.shape[1]
+        positions = torch.arange(length, device=sequences.device)
+        x = self.dropout(self.layer_norm(self.item_embedding(sequences) + self.position_embedding(positions)))
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
+        out = self.layers(x, mask=causal, is_causal=True)
+        return out[torch.arange(len(out), device=out.device), lengths - 1]
+
+
+def drop_clicks(sequences, lengths, p, pad):
+    """Tan et al.'s input dropout: each click of a right-padded sequence is left out with probability p
+    (the last one always kept); the kept clicks move to the front in their order."""
+    keep = torch.rand(sequences.shape, device=sequences.device) >= p
+    keep[torch.arange(len(lengths), device=lengths.device), lengths - 1] = True
+    keep &= sequences != pad
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    lengths = keep.sum(1)
+    width = torch.arange(sequences.shape[1], device=sequences.device)
+    return torch.where(width[None, :] < lengths[:, None], sequences.gather(1, order), pad), lengths
+
+
+class GRU4RecPlus(SequenceModel):
+    def __init__(self, n_items, embedding_size=64, hidden_size=100, n_layers=1, dropout_prob=0.25, click_dropout=0.1,
+                 finetune_epochs=2, finetune_fraction=0.5, **common):
+        super().__init__(n_items, embedding_size, **common)
+        self.click_dropout, self.finetune_epochs, self.finetune_fraction = click_dropout, finetune_epochs, finetune_fraction
+        self.gru = nn.GRU(embedding_size, hidden_size, n_layers, batch_first=True)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.output = nn.Linear(hidden_size, embedding_size)
+
+    def encode(self, sequences, lengths):
+        if self.training and self.click_dropout > 0:
+            sequences, lengths = drop_clicks(sequences, lengths, self.click_dropout, self.n_items)
+        _, last = packed_gru(self.gru, self.item_embedding(sequences), lengths)
+        return self.output(self.dropout(last))
+
+    def epoch_schedule(self, data):
+        recent = np.argsort(data.start_time, kind='stable')[-max(1, int(data.n_sessions * self.finetune_fraction)):]
+        return [None] * self.n_epochs + [np.sort(recent)] * self.finetune_epochs
+
+
+COMPARISON_MODELS = {'NARM': NARM, 'STAMP': STAMP, 'SASRec': SASRec, 'GRU4RecPlus': GRU4RecPlus}
+_COMMON = dict(max_seq_length=50, loss_type='CE', n_negatives=100, lr=0.001, n_epochs=10, batch_size=512, seed=42)
+COMPARISON_DEFAULTS = {
+    'NARM': dict(embedding_size=64, hidden_size=128, n_layers=1, dropout_probs=[0.25, 0.5], **_COMMON),
+    'STAMP': dict(embedding_size=64, **_COMMON),
+    'SASRec': dict(hidden_size=64, inner_size=256, n_layers=2, n_heads=2, hidden_dropout_prob=0.5,
+                   attn_dropout_prob=0.5, hidden_act='gelu', layer_norm_eps=1e-12, initializer_range=0.02, **_COMMON),
+    'GRU4RecPlus': dict(embedding_size=64, hidden_size=100, n_layers=1, dropout_prob=0.25, click_dropout=0.1,
+                        finetune_epochs=2, finetune_fraction=0.5, **_COMMON),
+}
