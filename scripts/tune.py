@@ -42,7 +42,6 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 import main  # noqa: E402
-from baselines import BASELINE_DEFAULTS  # noqa: E402
 from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 from scripts.reproduce import prepare_quick_data, write_text  # noqa: E402
 
@@ -57,7 +56,7 @@ def read_space(path, model):
     """[{name, key, kind, low, high, step, log, choices}] from a space file; InputError naming the line."""
     if not os.path.isfile(path):
         raise InputError(f'--space {path}: no such file (or use xe / bprmax)')
-    known = set(main.DEFAULTS) if model == 'GRU4Rec' else set(BASELINE_DEFAULTS[model])
+    known = set(main.DEFAULTS) if model == 'GRU4Rec' else set(main.OTHER_DEFAULTS[model])
     space = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -174,7 +173,7 @@ def trial_argv(settings, space, params, train, valid):
         pairs = [f'{p["key"]}={params[p["name"]]}' for p in space]
         return argv + ['--params', ','.join(pairs)] + (['--n_epochs', str(settings['epochs'])]
                                                         if settings['epochs'] and 'n_epochs' in
-                                                        BASELINE_DEFAULTS[settings['model']] else [])
+                                                        main.OTHER_DEFAULTS[settings['model']] else [])
     argv += ['--params', settings['base'], '--seed', str(settings['seed'])]
     if settings['epochs']:
         argv += ['--n_epochs', str(settings['epochs'])]
