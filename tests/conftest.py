@@ -31,3 +31,13 @@ def write_split(path, rows, header='SessionId\tItemId\tTime'):
         for row in rows:
             f.write('\t'.join(str(v) for v in row) + '\n')
     return str(path)
+
+
+def synthetic_split(folder, n_sessions, n_items, seed):
+    """Synthetic raw clicks (10 days) preprocessed into folder; returns the raw file's path."""
+    import preprocessing
+    from scripts.make_synthetic import generate, write_raw as write_clicks
+    raw = os.path.join(str(folder), 'yoochoose-clicks.dat')
+    write_clicks(raw, generate(n_sessions, n_items, days=10, seed=seed))
+    preprocessing.preprocess(raw, str(folder) + '/', log=lambda *a: None)
+    return raw

@@ -10,9 +10,7 @@ import os
 import pytest
 
 import main
-import preprocessing
-from conftest import ROOT, run_command, write_split
-from scripts.make_synthetic import generate, write_raw
+from conftest import ROOT, run_command, synthetic_split, write_split
 
 GOOD_LINE = '1,2014-04-07T10:51:09.277Z,214536502,0\n'
 
@@ -21,13 +19,11 @@ GOOD_LINE = '1,2014-04-07T10:51:09.277Z,214536502,0\n'
 def world(tmp_path_factory):
     """A preprocessed synthetic split and a GRU4Rec checkpoint trained on it."""
     root = tmp_path_factory.mktemp('world')
-    raw = root / 'yoochoose-clicks.dat'
-    write_raw(str(raw), generate(800, 60, days=10, seed=8))
-    preprocessing.preprocess(str(raw), str(root) + '/', log=lambda *a: None)
+    raw = synthetic_split(root, 800, 60, seed=8)
     path, _ = main.main(['--data_folder', str(root), '--checkpoint_dir', str(root / 'ck'), '--layers', '8',
                          '--batch_size', '8', '--n_sample', '8', '--n_epochs', '1'])
     good = open(path, 'rb').read()
-    return {'root': root, 'raw': str(raw), 'checkpoint': path, 'truncated': good[:len(good) // 2]}
+    return {'root': root, 'raw': raw, 'checkpoint': path, 'truncated': good[:len(good) // 2]}
 
 
 def snapshot(folder):

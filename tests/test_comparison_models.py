@@ -4,13 +4,11 @@ import pytest
 import torch
 
 import main
-import preprocessing
 from baselines import Pop
 from comparison_models import COMPARISON_MODELS, GRU4RecPlus, STAMP, drop_clicks
-from conftest import write_split
+from conftest import synthetic_split, write_split
 from dataset import SessionData
 from evaluation import evaluate
-from scripts.make_synthetic import generate, write_raw
 
 N = 30
 SMALL = {'NARM': dict(embedding_size=8, hidden_size=12), 'STAMP': dict(embedding_size=8),
@@ -92,9 +90,7 @@ def test_click_dropout_keeps_order_and_the_last_click():
 
 
 def test_short_training_beats_popularity(tmp_path):
-    raw = tmp_path / 'clicks.dat'
-    write_raw(str(raw), generate(1500, 400, days=10, seed=2))
-    preprocessing.preprocess(str(raw), str(tmp_path) + '/', log=lambda *a: None)
+    synthetic_split(tmp_path, 1500, 400, seed=2)
     train = SessionData(str(tmp_path / 'rsc15_train_full.txt'))
     test = SessionData(str(tmp_path / 'rsc15_test.txt'), item_map=train.item_map)
     pop = Pop(len(train.item_map))
@@ -109,9 +105,7 @@ def test_short_training_beats_popularity(tmp_path):
 
 
 def test_main_trains_and_reevaluates_a_comparison_model(tmp_path):
-    raw = tmp_path / 'clicks.dat'
-    write_raw(str(raw), generate(400, 40, days=10, seed=3))
-    preprocessing.preprocess(str(raw), str(tmp_path) + '/', log=lambda *a: None)
+    synthetic_split(tmp_path, 400, 40, seed=3)
     path, metrics = main.main(['--model', 'NARM', '--data_folder', str(tmp_path), '--valid_data', 'rsc15_test.txt',
                                '--checkpoint_dir', str(tmp_path / 'ck'), '--n_epochs', '2', '--lr', '0.01',
                                '--params', 'embedding_size=8,hidden_size=8', '--max_seq_length', '5'])

@@ -7,19 +7,15 @@ import numpy as np
 import pytest
 
 import main
-import preprocessing
-from conftest import run_command
+from conftest import run_command, synthetic_split
 from dataset import InputError
 from scripts import tune
-from scripts.make_synthetic import generate, write_raw
 
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp('tune_data')
-    raw = folder / 'yoochoose-clicks.dat'
-    write_raw(str(raw), generate(600, 80, days=10, seed=4))
-    preprocessing.preprocess(str(raw), str(folder) + '/', log=lambda *a: None)
+    synthetic_split(folder, 600, 80, seed=4)
     return folder
 
 
