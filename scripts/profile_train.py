@@ -1,0 +1,65 @@
+"""Where a GRU4Rec training step spends its time: torch.profiler over the real training loop.
+
+    python scripts/profile_train.py                          # rsc15_xe_shared_100 on the real sample
+    python scripts/profile_train.py --n_sample 512 --steps 500 --params bprmax_shared
+
+Runs main.train_epoch (the loop main.py trains with) for `--steps` mini-batches after a warm-up, under
+torch.profiler, and prints the operators by self CPU time: microseconds per step, share of the step and
+calls per step, plus the wall time per step. Data: the real sample when ../shared has it, else the
+synthetic demo data. Findings are recorded in benchmarks/RESULTS.md.
+"""
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import main  # noqa: E402
+from dataset import ArgumentParser, SessionData, run_cli  # noqa: E402
+from scripts.reproduce import prepare_quick_data  # noqa: E402
+
+
+def run(argv=None):
+    p = ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--params', default='rsc15_xe_shared_100', help='a GRU4Rec preset')
+    p.add_argument('--n_sample', type=int, help='override the preset\'s n_sample')
+    p.add_argument('--steps', type=int, default=300)
+    p.add_argument('--warmup', type=int, default=50)
+    p.add_argument('--top', type=int, default=25)
+    args = p.parse_args(argv)
+    overrides = ['--n_sample', str(args.n_sample)] if args.n_sample is not None else []
+    config = main.resolve_config(main.parse_args(['--params', args.params, *overrides]))
+    with tempfile.TemporaryDirectory(prefix='profile_') as folder:
+        with contextlib.redirect_stdout(io.StringIO()):
+            source = prepare_quick_data(folder)
+        data = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
+    torch.manual_seed(config['seed'])
+    run_state = main.training_setup(config, data, 'cpu')
+    main.train_epoch(*run_state, config, 'cpu', max_steps=args.warmup)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        _, targets, steps = main.train_epoch(*run_state, config, 'cpu', max_steps=args.steps)
+        seconds = time.perf_counter() - start
+    print(f'{args.params} (n_sample {config["n_sample"]}, batch {config["batch_size"]}, layers {config["layers"]}) '
+          f'on {source}; {torch.get_num_threads()} threads')
+    print(f'{steps} steps, {targets / seconds:,.0f} events/s under the profiler, {1e6 * seconds / steps:,.0f} us per step\n')
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows)
+    print('| operator | self us / step | share | calls / step |')
+    print('|---|---|---|---|')
+    for e in rows[:args.top]:
+        print(f'| {e.key} | {e.self_cpu_time_total / steps:,.1f} | {100 * e.self_cpu_time_total / total:.1f}% | '
+              f'{e.count / steps:.1f} |')
+    rest = sum(e.self_cpu_time_total for e in rows[args.top:])
+    print(f'| (all other operators) | {rest / steps:,.1f} | {100 * rest / total:.1f}% | |')
+    print(f'| operators in all | {total / steps:,.1f} | | {sum(e.count for e in rows) / steps:.0f} |')
+
+
+if __name__ == '__main__':
+    run_cli(run)
