@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -164,7 +165,7 @@ def _read_raw(spec):
             raise InputError(f'--params {spec}: expected a mapping of parameter names to values')
     elif '=' in spec:
         raw = {}
-        for part in spec.split(','):
+        for part in re.split(r',(?![^\[]*\])', spec):       # commas inside [..] belong to a list value
             key, _, value = part.partition('=')
             try:
                 raw[key.strip()] = ast.literal_eval(value.strip())
