@@ -56,7 +56,7 @@ MODELS = ('GRU4Rec',) + tuple(OTHER_MODELS)
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
                 dropout_input=0.0, dropout_hidden=0.0, lr=0.1, momentum=0.0, n_sample=2048, sample_alpha=0.5,
                 bpreg=1.0, logq=0.0, constrained_embedding=True, embedding_dim=0, n_epochs=10,
-                optimizer_type='AdagradM', seed=42, sample_store=10_000_000)
+                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True)
 
 # published configurations (spec B11)
 PRESETS = {
@@ -125,6 +125,8 @@ def parse_args(argv=None):
     g.add_argument('--bpreg', type=float, help='BPR-max score regularisation')
     g.add_argument('--logq', type=float, help='logQ correction weight (0 = off)')
     g.add_argument('--sample_store', type=int, help='negatives generated at once')
+    g.add_argument('--fast_step', action=argparse.BooleanOptionalAction,
+                   help='train with the hand-written backward (same numbers; --no-fast_step = plain autograd)')
     g.add_argument('--max_seq_length', type=int, help='comparison models: clicks of history kept (default 50)')
     d = p.add_argument_group('data, checkpoints and evaluation')
     d.add_argument('--data_folder', default='data', help='folder of bare file names in --train_data/--valid_data')
@@ -396,6 +398,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     """One pass over all training sessions (spec B10). Returns (mean loss per target, targets, steps).
     max_steps cuts the epoch short (for benchmarks only)."""
     n_sample = config['n_sample']
+    fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
     hidden = model.init_hidden(iterator.n_slots, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_targets = n_steps = 0
@@ -412,14 +415,18 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             candidates = torch.cat([targets, samples])
         else:
             candidates = targets
-        scores, hidden = model(inputs, hidden, candidates)
+        loss_of_scores = loss_fn
         if logq_tables is not None:                  # spec B6
             in_batch, sampled = logq_tables
             correction = in_batch[targets] if not n_sample else torch.cat([in_batch[targets], sampled[samples]])
-            scores = scores - correction
-        loss = loss_fn(scores)
+            loss_of_scores = lambda scores: loss_fn(scores - correction)   # noqa: E731
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if fast:      # the same numbers as the plain lines below, with a hand-written backward (issue #6)
+            loss, hidden = model.train_step(inputs, hidden, candidates, loss_of_scores)
+        else:
+            scores, hidden = model(inputs, hidden, candidates)
+            loss = loss_of_scores(scores)
+            loss.backward()
         optimizer.step()
         hidden = [h.detach() for h in hidden]
         total += loss.detach() * len(targets)

@@ -44,43 +44,93 @@ def uniform_blocks(rng, shape, blocks=1):
                       for _ in range(blocks)])
 
 
-class RowLookup(torch.autograd.Function):
-    """(table[index_1], table[index_2], ...) whose gradient is row-sparse and already coalesced: one
-    summed row per distinct index.
+class DistinctRows(torch.autograd.Function):
+    """table[rows] for DISTINCT rows, whose gradient is row-sparse and coalesced: the incoming gradient
+    itself, one row per item, with no sorting or summing left to the optimiser (spec B9.2, F3).
 
-    Same values and gradient as `F.embedding(index, table, sparse=True)` per index, but the duplicate rows
-    of all lookups are summed here with index_add (torch's sparse embedding leaves that to a slower
-    coalesce), so the optimiser gets each touched row once (spec B9.2). The backward writes the gradient
-    to `table.grad` itself: autograd's accumulation would drop the "coalesced" flag of a sparse tensor
-    and the optimiser would sort the rows again every step.
+    The backward writes the gradient to `table.grad` itself: autograd's accumulation would drop the
+    "coalesced" flag of a sparse tensor and the optimiser would sort the rows again every step.
     """
 
     @staticmethod
-    def forward(ctx, table, *indices):
-        rows, inverse = torch.unique(torch.cat(indices), return_inverse=True)
-        ctx.save_for_backward(rows, inverse)
+    def forward(ctx, table, rows):
+        ctx.save_for_backward(rows)
         ctx.table = table
-        return tuple(table.index_select(0, index) for index in indices)
+        return table.index_select(0, rows)
 
     @staticmethod
-    def backward(ctx, *grads):
-        rows, inverse = ctx.saved_tensors
+    def backward(ctx, grad):
+        rows, = ctx.saved_tensors
         table = ctx.table
-        summed = grads[0].new_zeros(len(rows), table.shape[1])
-        start = 0
-        for grad in grads:
-            summed.index_add_(0, inverse[start:start + len(grad)], grad)
-            start += len(grad)
-        sparse = torch.sparse_coo_tensor(rows[None], summed, table.shape, is_coalesced=True, check_invariants=False)
+        sparse = _row_sparse(rows, grad, table.shape)
         table.grad = sparse if table.grad is None else table.grad + sparse
-        return (None,) * (1 + len(grads))
+        return None, None
 
 
-def lookup(table, *indices, sparse=True):
-    """Rows of `table` for each index tensor (a tuple); row-sparse gradients unless sparse=False."""
+def _row_sparse(rows, values, shape):
+    """A coalesced row-sparse COO gradient: `values[k]` is row `rows[k]` (sorted, distinct)."""
+    return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False)
+
+
+def distinct_rows(table, rows, sparse=True):
+    """table[rows] for sorted distinct `rows`; a row-sparse gradient unless sparse=False."""
     if sparse and torch.is_grad_enabled() and table.requires_grad:
-        return RowLookup.apply(table, *indices)
-    return tuple(table.index_select(0, index) for index in indices)
+        return DistinctRows.apply(table, rows)
+    return table.index_select(0, rows)
+
+
+def lookup(table, index, sparse=True):
+    """table[index]: each distinct row is read once, so with sparse=True the gradient has one summed row
+    per item (duplicates summed by index_select's backward)."""
+    if sparse and torch.is_grad_enabled() and table.requires_grad:
+        rows, inverse = torch.unique(index, return_inverse=True)
+        return DistinctRows.apply(table, rows).index_select(0, inverse)
+    return table.index_select(0, index)
+
+
+def gru_cell(cell, x, h):
+    """One GRU step (spec B3.2) with the weights of a `torch.nn.GRUCell`, written out: returns the new
+    state and what `gru_cell_backward` needs (the gates).
+
+        [r, z] = sigmoid(x W_ir,iz + b_ir,iz + h W_hr,hz + b_hr,hz)
+        n = tanh(x W_in + b_in + r * (h W_hn + b_hn));   h' = n + z * (h - n) = (1 - z) n + z h
+
+    Bit for bit the values of GRUCell on CPU; written out so that the hand-written backward can repeat
+    autograd's arithmetic exactly."""
+    L = h.shape[1]
+    gi = F.linear(x, cell.weight_ih, cell.bias_ih)
+    gh = F.linear(h, cell.weight_hh, cell.bias_hh)
+    rz = torch.sigmoid(gi[:, :2 * L] + gh[:, :2 * L])
+    gh_n = gh[:, 2 * L:]
+    n = torch.tanh(gi[:, 2 * L:] + rz[:, :L] * gh_n)
+    return n + rz[:, L:] * (h - n), (rz, n, gh_n)
+
+
+def gru_cell_backward(cell, x, h, gates, grad, need_input_grad=True):
+    """Gradients of `gru_cell` for the gradient `grad` of its output: sets the cell's weight and bias
+    .grad and returns the input's gradient. The state h gets none (no BPTT, spec B10). Each line is
+    the formula autograd applies to the matching line of gru_cell, in autograd's order, so the results
+    are the same bits."""
+    rz, n, gh_n = gates
+    L = h.shape[1]
+    r, z = rz[:, :L], rz[:, L:]
+    grad_z = grad * (h - n)
+    grad_n = grad - grad * z
+    grad_an = torch.ops.aten.tanh_backward(grad_n, n)
+    grad_arz = torch.ops.aten.sigmoid_backward(torch.cat([grad_an * gh_n, grad_z], 1), rz)
+    grad_gi = torch.cat([grad_arz, grad_an], 1)
+    grad_gh = torch.cat([grad_arz, grad_an * r], 1)
+    cell.weight_ih.grad = grad_gi.T @ x
+    cell.weight_hh.grad = grad_gh.T @ h
+    cell.bias_ih.grad = grad_gi.sum(0)
+    cell.bias_hh.grad = grad_gh.sum(0)
+    return grad_gi @ cell.weight_ih if need_input_grad else None
+
+
+def dropout_noise(x, p):
+    """The scaled keep mask F.dropout multiplies x by (bernoulli(1 - p) / (1 - p), same random draws),
+    or None when p = 0."""
+    return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p) if p > 0 else None
 
 
 class GRU4Rec(nn.Module):
@@ -132,7 +182,7 @@ class GRU4Rec(nn.Module):
         return [torch.zeros(batch_size, size, device=device) for size in self.layers]
 
     def _lookup(self, table, index):
-        return lookup(table, index, sparse=self.sparse)[0]
+        return lookup(table, index, sparse=self.sparse)
 
     def _dropout(self, x, p):
         return F.dropout(x, p, training=True) if self.training and p > 0 else x
@@ -167,20 +217,85 @@ class GRU4Rec(nn.Module):
                 (self._lookup(self.Y, inputs)[:, :-1] if self.mode == 'shared' else self._lookup(self.E, inputs))
             x = self._dropout(x, self.dropout_p_embed)
         for h in hidden[len(new):]:
-            x = self._dropout(next(cells)(x, h), self.dropout_p_hidden)
+            x = self._dropout(gru_cell(next(cells), x, h)[0], self.dropout_p_hidden)
             new.append(x)
         return new
 
     def forward(self, inputs, hidden, candidates):
-        """Training step: scores (M, C) of the candidate items for every row, and the new hidden list."""
-        if self.mode == 'shared':     # one lookup for inputs and candidates (they share W_y)
-            x, y = lookup(self.Y, inputs, candidates, sparse=self.sparse)
-            hidden = self.hidden_step(inputs, hidden, input_vectors=x[:, :-1])
+        """Training step: scores (M, C) of the candidate items for every row, and the new hidden list.
+
+        Each distinct item is read and scored once and its score column repeated for its duplicates
+        among the candidates (the shared samples have many); in shared mode the input rows come from the
+        same read. So W_y's gradient arrives with one row per item (spec B9.2) and the products shrink."""
+        M = len(inputs)
+        if self.mode == 'shared':     # one read for inputs and candidates (they share W_y)
+            rows, inverse = torch.unique(torch.cat([inputs, candidates]), return_inverse=True)
+            y = distinct_rows(self.Y, rows, self.sparse)
+            hidden = self.hidden_step(inputs, hidden, input_vectors=y.index_select(0, inverse[:M])[:, :-1])
+            columns = inverse[M:]
         else:
             hidden = self.hidden_step(inputs, hidden)
-            y = self._lookup(self.Y, candidates)
+            rows, columns = torch.unique(candidates, return_inverse=True)
+            y = distinct_rows(self.Y, rows, self.sparse)
         h = F.pad(hidden[-1], (0, 1), value=1.0)           # [h, 1] . [w_i, b_i] = h . w_i + b_i
-        return F.linear(h, y), hidden
+        return F.linear(h, y).gather(1, columns.expand(M, -1)), hidden
+
+    @property
+    def has_fast_step(self):
+        """train_step covers the shared and separate-embedding modes with row-sparse gradients."""
+        return self.mode != 'none' and self.sparse and self.training
+
+    @torch.no_grad()
+    def train_step(self, inputs, hidden, candidates, loss_of_scores):
+        """Fast path of a training step (issue #6): `forward`, the loss, then a hand-written backward in
+        place of autograd over the network. Returns (loss, new hidden list) and leaves the gradients in
+        .grad exactly as `loss.backward()` after `forward` would (row-sparse and coalesced for the item
+        tables): same random draws, same operations in the same order, so the same bits
+        (tests/test_fast_step.py). Only the loss, a function of the (M, C) score matrix, goes through
+        autograd. Needs `has_fast_step`; call it with the gradients zeroed."""
+        M = len(inputs)
+        if self.mode == 'shared':
+            rows, inverse = torch.unique(torch.cat([inputs, candidates]), return_inverse=True)
+            y = self.Y.index_select(0, rows)
+            x = y.index_select(0, inverse[:M])[:, :-1]
+            columns = inverse[M:]
+        else:
+            in_rows, in_inverse = torch.unique(inputs, return_inverse=True)
+            x = self.E.index_select(0, in_rows).index_select(0, in_inverse)
+            rows, columns = torch.unique(candidates, return_inverse=True)
+            y = self.Y.index_select(0, rows)
+        noise_in = dropout_noise(x, self.dropout_p_embed)
+        x = x if noise_in is None else x * noise_in
+        saved, new = [], []
+        for cell, h in zip(self.cells, hidden):
+            out, gates = gru_cell(cell, x, h)
+            noise = dropout_noise(out, self.dropout_p_hidden)
+            saved.append((cell, x, h, gates, noise))
+            x = out if noise is None else out * noise
+            new.append(x)
+        top = F.pad(x, (0, 1), value=1.0)
+        columns = columns.expand(M, -1)
+        scores = F.linear(top, y).gather(1, columns)
+        with torch.enable_grad():
+            scores.requires_grad_()
+            loss = loss_of_scores(scores)
+            grad_scores, = torch.autograd.grad(loss, scores)
+        grad_scores = grad_scores.new_zeros(M, len(rows)).scatter_add_(1, columns, grad_scores)
+        grad_y = grad_scores.T @ top
+        grad = (grad_scores @ y)[:, :-1]
+        for cell, x, h, gates, noise in reversed(saved):
+            grad = gru_cell_backward(cell, x, h, gates, grad if noise is None else grad * noise)
+        if noise_in is not None:
+            grad = grad * noise_in
+        if self.mode == 'shared':     # the input rows' part, summed per item, joins the scores' part
+            grad_x = grad.new_zeros(len(rows), self.Y.shape[1])
+            grad_x[:, :-1].index_add_(0, inverse[:M], grad)
+            self.Y.grad = _row_sparse(rows, grad_y + grad_x, self.Y.shape)
+        else:
+            grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_inverse, grad)
+            self.E.grad = _row_sparse(in_rows, grad_x, self.E.shape)
+            self.Y.grad = _row_sparse(rows, grad_y, self.Y.shape)
+        return loss.detach(), new
 
     def score_all(self, h):
         """Scores of all N items for top-layer states h (M, L): (M, N), spec B3.2 / C4."""

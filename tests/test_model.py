@@ -113,21 +113,34 @@ def test_onehot_input_dropout_drops_whole_rows():
     assert not torch.allclose(out[~dropped][0], eval_out[0])   # kept rows are scaled by 1/(1-p)
 
 
-def test_row_lookup_gradient_is_coalesced_and_equals_the_dense_one():
+def test_lookup_gradient_is_coalesced_and_equals_the_dense_one():
     table = torch.nn.Parameter(torch.randn(N, 4))
     dense = table.detach().clone().requires_grad_()
     a, b = torch.tensor([3, 7, 3]), torch.tensor([7, 7, 0, 29])
     weights_a, weights_b = torch.randn(3, 4), torch.randn(4, 4)
-    x, y = lookup(table, a, b)
-    ((x * weights_a).sum() + (y * weights_b).sum()).backward()
+    x = lookup(table, torch.cat([a, b]))
+    ((x[:3] * weights_a).sum() + (x[3:] * weights_b).sum()).backward()
     ((dense[a] * weights_a).sum() + (dense[b] * weights_b).sum()).backward()
     grad = table.grad
     assert grad.is_sparse and grad.is_coalesced()
     assert grad.indices()[0].tolist() == [0, 3, 7, 29]          # each touched row once
     assert torch.allclose(grad.to_dense(), dense.grad, atol=1e-6)
-    assert torch.equal(x, dense.detach()[a])
-    x2, = lookup(table, a, sparse=False)
-    assert not x2.grad_fn.__class__.__name__.startswith('RowLookup')
+    assert torch.equal(x, dense.detach()[torch.cat([a, b])])
+    assert lookup(table, a, sparse=False).grad_fn.__class__.__name__ == 'IndexSelectBackward0'
+
+
+def test_training_scores_read_each_item_once_and_repeat_duplicate_columns():
+    model = GRU4Rec(N, layers=[6], dropout_p_hidden=0.0)
+    inputs, candidates = torch.tensor([4, 9]), torch.tensor([9, 5, 5, 5, 21])
+    scores, new = model(inputs, [torch.randn(2, 6)], candidates)
+    assert torch.equal(scores[:, 1], scores[:, 2]) and torch.equal(scores[:, 1], scores[:, 3])
+    scores.sum().backward()
+    assert model.Y.grad.is_coalesced() and model.Y.grad.indices()[0].tolist() == [4, 5, 9, 21]
+    top = new[-1].detach()
+    expected = torch.zeros(N, 7)
+    for c in candidates.tolist():                    # every column adds [h, 1] to its item's row
+        expected[c] += torch.cat([top, torch.ones(2, 1)], 1).sum(0)
+    assert torch.allclose(model.Y.grad.to_dense()[[5, 21]], expected[[5, 21]], atol=1e-5)
 
 
 def test_rejects_bad_configuration():

@@ -55,7 +55,7 @@ def test_row_sparse_update_with_duplicates_touches_only_used_rows(mu):
     for index in steps:
         weights = torch.randn(len(index), 3, dtype=DOUBLE)
         table.grad = None
-        rows, = lookup(table, index)
+        rows = lookup(table, index)
         (rows * weights).sum().backward()
         summed = {}
         for i, r in enumerate(index.tolist()):      # duplicates are summed, then the row updated once

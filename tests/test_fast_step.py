@@ -1,0 +1,72 @@
+"""The fast training step (model.GRU4Rec.train_step, issue #6) computes the same function as the plain,
+readable one (forward + autograd): hundreds of real training steps both ways from the same seed must
+give bit-identical losses, parameters and optimiser state."""
+import os
+
+import pytest
+import torch
+
+import main
+from dataset import SessionData
+from conftest import synthetic_split
+
+CASES = {
+    'rsc15 XE + logQ, shared': dict(main.PRESETS['rsc15_xe_shared_100'], layers=[32], n_sample=64),
+    'BPR-max, shared, two layers, input dropout': dict(
+        main.PRESETS['bprmax_shared'], layers=[24, 16], n_sample=50, dropout_input=0.3),
+    'TOP1, separate embedding, no samples': dict(
+        loss_type='top1', final_act='tanh', constrained_embedding=False, embedding_dim=20, layers=[16],
+        n_sample=0, dropout_hidden=0.2, lr=0.05, momentum=0.0),
+    'xe_logit, separate embedding, logQ': dict(
+        loss_type='xe_logit', final_act='softmax_logit', constrained_embedding=False, embedding_dim=12,
+        layers=[20], n_sample=30, logq=0.5, momentum=0.3),
+    'BPR, shared, torch Adagrad': dict(loss_type='bpr', final_act='linear', layers=[16], n_sample=20,
+                                       optimizer_type='Adagrad', lr=0.05),
+    'TOP1-max, shared, momentum': dict(loss_type='top1-max', final_act='linear', layers=[18], n_sample=40,
+                                       momentum=0.5, dropout_hidden=0.3, lr=0.05),
+}
+
+
+@pytest.fixture(scope='module')
+def train_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('fast')
+    synthetic_split(folder, n_sessions=4000, n_items=400, seed=5)
+    return SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
+
+
+def two_epochs(data, config, fast, calls):
+    config = {**main.DEFAULTS, **config, 'fast_step': fast}
+    torch.manual_seed(config['seed'])
+    run = main.training_setup(config, data, 'cpu')
+    model = run[0]
+    for name in ('forward', 'train_step'):     # count which path really ran
+        method = getattr(model, name)
+        setattr(model, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+    losses = [main.train_epoch(*run, config, 'cpu')[0] for _ in range(2)]
+    return losses, model, run[1]
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_fast_and_plain_steps_are_bit_identical(train_data, case):
+    fast_calls, plain_calls = [], []
+    fast_losses, fast, fast_opt = two_epochs(train_data, CASES[case], True, fast_calls)
+    plain_losses, plain, plain_opt = two_epochs(train_data, CASES[case], False, plain_calls)
+    assert set(fast_calls) == {'train_step'} and set(plain_calls) == {'forward'}
+    assert len(fast_calls) == len(plain_calls) > 300
+    assert fast_losses == plain_losses
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(fast_opt.state_dict()['state'].values(), plain_opt.state_dict()['state'].values()):
+        for key in a:
+            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+    assert not torch.equal(fast.Y, main.build_model({**main.DEFAULTS, **CASES[case]}, len(train_data.item_map),
+                                                    'cpu').Y)        # it did train
+
+
+def test_configurations_without_a_fast_step_use_the_plain_one(train_data):
+    n = len(train_data.item_map)
+    onehot = main.build_model({**main.DEFAULTS, **main.PRESETS['iclr16_top1']}, n, 'cpu')
+    adam = main.build_model({**main.DEFAULTS, 'optimizer_type': 'Adam'}, n, 'cpu')
+    shared = main.build_model(main.DEFAULTS, n, 'cpu')
+    assert not onehot.has_fast_step and not adam.has_fast_step and shared.has_fast_step
+    assert not shared.eval().has_fast_step
