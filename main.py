@@ -415,17 +415,16 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             candidates = torch.cat([targets, samples])
         else:
             candidates = targets
-        loss_of_scores = loss_fn
+        correction = None
         if logq_tables is not None:                  # spec B6
             in_batch, sampled = logq_tables
             correction = in_batch[targets] if not n_sample else torch.cat([in_batch[targets], sampled[samples]])
-            loss_of_scores = lambda scores: loss_fn(scores - correction)   # noqa: E731
-        optimizer.zero_grad(set_to_none=True)
         if fast:      # the same numbers as the plain lines below, with a hand-written backward (issue #6)
-            loss, hidden = model.train_step(inputs, hidden, candidates, loss_of_scores)
+            loss, hidden = model.train_step(inputs, hidden, candidates, loss_fn, correction)
         else:
+            optimizer.zero_grad(set_to_none=True)
             scores, hidden = model(inputs, hidden, candidates)
-            loss = loss_of_scores(scores)
+            loss = loss_fn(scores if correction is None else scores - correction)
             loss.backward()
         optimizer.step()
         hidden = [h.detach() for h in hidden]

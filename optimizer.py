@@ -40,18 +40,35 @@ class AdagradM(torch.optim.Optimizer):
                     self._sparse_step(p, state, lr, mu, eps)
                 else:
                     dense.append(p)
-            if dense:    # the same rule for all dense tensors at once (torch._foreach_*: fewer kernel calls)
-                grads = [p.grad for p in dense]
-                accs = [self.state[p]['acc'] for p in dense]
-                torch._foreach_addcmul_(accs, grads, grads)
-                steps = torch._foreach_div(grads, torch._foreach_sqrt(torch._foreach_add(accs, eps)))
-                torch._foreach_mul_(steps, -lr)
-                if mu > 0:
-                    velocities = [self.state[p]['velocity'] for p in dense]
-                    torch._foreach_mul_(velocities, mu)
-                    torch._foreach_add_(velocities, steps)
-                    steps = velocities
-                torch._foreach_add_(dense, steps)
+            if dense:
+                self._dense_step(dense, lr, mu, eps)
+
+    def _dense_step(self, params, lr, mu, eps):
+        """The rule for all dense tensors at once, on one flat vector (a few kernel calls instead of a few
+        per tensor; the same arithmetic per element). Their `acc` and `velocity` states are views into
+        the flat vectors, made on first use and again whenever the states were replaced (load_state_dict)."""
+        key = tuple(id(p) for p in params)
+        flat = getattr(self, '_flat', {}).get(key)
+        states = [self.state[p] for p in params]
+        if flat is None or any(s['acc'] is not a or s['velocity'] is not v
+                               for s, a, v in zip(states, flat['acc_views'], flat['velocity_views'])):
+            flat = {}
+            for name in ('acc', 'velocity'):
+                flat[name] = torch.cat([s[name].reshape(-1) for s in states])
+                views = [part.view_as(p) for part, p in zip(flat[name].split([p.numel() for p in params]), params)]
+                for s, view in zip(states, views):
+                    s[name] = view
+                flat[name + '_views'] = views
+            self._flat = {key: flat}
+        grad = torch.cat([p.grad.reshape(-1) for p in params])
+        flat['acc'].addcmul_(grad, grad)
+        step = grad.div_(flat['acc'].add(eps).sqrt_()).mul_(-lr)          # -lr * g / sqrt(G + eps)
+        if mu > 0:
+            flat['velocity'].mul_(mu).add_(step)
+            torch._foreach_add_(params, flat['velocity_views'])
+        else:
+            torch._foreach_add_(params, [part.view_as(p) for part, p in
+                                         zip(step.split([p.numel() for p in params]), params)])
 
     @staticmethod
     def _sparse_step(p, state, lr, mu, eps):
