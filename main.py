@@ -399,6 +399,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     max_steps cuts the epoch short (for benchmarks only)."""
     n_sample = config['n_sample']
     fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
+    update = getattr(optimizer, 'update', optimizer.step)     # AdagradM: its step without torch's wrapper
     hidden = model.init_hidden(iterator.n_slots, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_targets = n_steps = 0
@@ -426,9 +427,10 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             scores, hidden = model(inputs, hidden, candidates)
             loss = loss_fn(scores if correction is None else scores - correction)
             loss.backward()
-        optimizer.step()
-        hidden = [h.detach() for h in hidden]
-        total += loss.detach() * len(targets)
+        update()
+        if not fast:
+            hidden = [h.detach() for h in hidden]
+        total.add_(loss.detach(), alpha=len(targets))
         n_targets += len(targets)
         n_steps += 1
         if n_steps % 200 == 0:

@@ -137,9 +137,10 @@ def gru_cell_backward(cell, x, h, gates, grad, need_input_grad=True):
 
 
 def dropout_noise(x, p):
-    """The scaled keep mask F.dropout multiplies x by (bernoulli(1 - p) / (1 - p), same random draws),
-    or None when p = 0."""
-    return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p) if p > 0 else None
+    """Inverted dropout's scaled keep mask for x (spec B4): 1 / (1 - p) with probability 1 - p, else 0;
+    None when p = 0. Both training paths multiply by it. (torch's F.dropout draws the same distribution
+    through an MKL Bernoulli stream set up on every call: 1.7x slower at 32 x 100, 3x at 80 x 224.)"""
+    return torch.rand_like(x).ge_(p).div_(1.0 - p) if p > 0 else None
 
 
 class GRU4Rec(nn.Module):
@@ -194,7 +195,7 @@ class GRU4Rec(nn.Module):
         return lookup(table, index, sparse=self.sparse)
 
     def _dropout(self, x, p):
-        return F.dropout(x, p, training=True) if self.training and p > 0 else x
+        return x * dropout_noise(x, p) if self.training and p > 0 else x
 
     def _first_layer_onehot(self, inputs, h):
         """Spec B3.3: [a_r, a_z, a_h] = x W_x + b with x one-hot; r, z gates and candidate from h U."""
