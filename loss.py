@@ -138,8 +138,8 @@ class ScoreLoss:
     def value_and_grad(self, scores):
         if self.explicit is not None:
             return self.explicit(scores)
-        with torch.enable_grad():
-            scores = scores.detach().requires_grad_()
+        with torch.inference_mode(False), torch.enable_grad():    # callable from train_step's inference mode
+            scores = scores.clone().requires_grad_()
             loss = self.function(scores)
             grad, = torch.autograd.grad(loss, scores)
         return loss.detach(), grad

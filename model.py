@@ -255,7 +255,7 @@ class GRU4Rec(nn.Module):
         """train_step covers the shared and separate-embedding modes with row-sparse gradients."""
         return self.mode != 'none' and self.sparse and self.training
 
-    @torch.no_grad()
+    @torch.inference_mode()       # no autograd bookkeeping at all: about 6% of a step on CPU
     def train_step(self, inputs, hidden, candidates, loss, correction=None):
         """Fast path of a training step (issue #6): `forward`, the loss (a loss.ScoreLoss of the scores
         minus the logQ `correction`, if any), then a hand-written backward in place of autograd. Returns
