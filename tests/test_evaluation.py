@@ -3,6 +3,7 @@ brute-force per-session loop written for the test (spec C)."""
 import pytest
 import torch
 
+import evaluation
 from conftest import write_split
 from dataset import ItemMap, SessionData
 from evaluation import evaluate, metrics_from_ranks, target_ranks
@@ -48,8 +49,11 @@ def brute_force(model, sessions, tie_mode, cutoffs):
     return metrics_from_ranks(ranks, cutoffs), len(ranks)
 
 
-@pytest.mark.parametrize('mode,layers', [('shared', [8]), ('none', [6, 5]), ('separate', [7])])
-def test_session_parallel_evaluation_equals_brute_force(tmp_path, mode, layers):
+@pytest.mark.parametrize('mode,layers,block', [('shared', [8], None), ('none', [6, 5], None), ('separate', [7], None),
+                                              ('shared', [8], 12), ('none', [6, 5], 36)])
+def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, mode, layers, block):
+    if block:               # score 1 or 3 rows of a step at a time (SCORE_BLOCK / 12 items)
+        monkeypatch.setattr(evaluation, 'SCORE_BLOCK', block)
     n_items = 12
     item_map = ItemMap([f'i{k}' for k in range(n_items)])
     generator = torch.Generator().manual_seed(3)
