@@ -1,31 +1,44 @@
-"""Training and evaluation speed of GRU4Rec (events/s), side by side for n_sample 0 / 512 / 2048.
+"""Training and evaluation speed of GRU4Rec: the fast training step, the plain one and an official-style
+stand-in side by side (issue #6). Figures go to benchmarks/RESULTS.md.
 
-    python scripts/bench_train.py                      # CPU; also the GPU when one is available
-    python scripts/bench_train.py --device cpu --steps 800
+    python scripts/bench_train.py --quick                # < 3 minutes on the 2-core CPU, one table
+    python scripts/bench_train.py                        # more steps and repeats; the GPU too when there is one
+    python scripts/bench_train.py --full_scale data/synthetic_full   # RSC15 scale: a preprocessed 31.6M split
 
+Training speed = targets (events) per second over `--steps` mini-batches (at least 30) after a warm-up,
+for three implementations of the same training, measured in alternating rounds in one process:
+  fast      main.train_epoch as main.py trains (model.GRU4Rec.train_step: hand-written backward);
+  plain     the same loop with --no-fast_step (forward + autograd); bit-identical numbers;
+  official  a stand-in for the official PyTorch code's row-sparse machinery (shared mode: separate W_y and
+            b_y read with torch's sparse embedding gradients, duplicates left to the optimiser's coalesce),
+            on the plain loop. The official code itself is not vendored; issue 3 measured it at about
+            9,200 events/s (n_sample 2048) and 14,000 (n_sample 512) on these 2-core machines.
+Each cell is the best round; the ratio columns are medians over rounds of the per-round ratios (the
+shared VMs drift by up to 2x within minutes, which moves the three alike).
 Data: the real 84k-click sample (../shared/data/yoochoose-clicks-sample.dat, preprocessed into a temporary
-folder; skipped when absent) and a synthetic split at RSC15 scale in items (about 37.5k training items,
-made by scripts/make_synthetic.py). Settings: the official RSC15 paramfile (`rsc15_xe_shared_100`: XE,
-shared embedding, 100 units, batch 32, dropout 0.4, momentum 0.2, logQ) with n_sample varied.
-Training speed = targets per second over `--steps` mini-batches after a 50-step warm-up, the best of
-`--repeats` runs; evaluation speed = predictions per second over the whole test split (batch 512), best
-of 2. The shared 2-core machines drift by up to 2x within minutes, so the ratio column is the median
-over alternating (ours, baseline) pairs, not a ratio of two best figures.
-Baseline, measured alternately with ours in the same process: the same network with the row-sparse
-machinery of the official PyTorch code (torch sparse embedding gradients for separate W_y and b_y,
-coalesced by the optimiser), our stand-in for that code (which is not vendored here).
-Reference (issue 3): the official PyTorch code trains at about 9,200 events/s (n_sample 2048) and
-14,000 (n_sample 512) with two threads on these 2-core machines.
+folder; the synthetic demo data when absent) and a synthetic split with about 37.5k training items (the
+RSC15 item count; scripts/make_synthetic.py). Settings: the official RSC15 paramfile `rsc15_xe_shared_100`
+(XE + logQ, shared embedding, 100 units, batch 32, n_sample 2048) with batch / n_sample varied, and the
+BPR-max preset `bprmax_shared` (224 units, batch 80).
+Evaluation = predictions per second over the test split (all items ranked, batch 512), beside the rate the
+score product alone allows (an addmm of 512 states by all items, timed alone): no exact full ranking can
+beat that bound.
+--full_scale FOLDER: reads FOLDER/rsc15_train_full.txt and rsc15_test.txt (e.g. the full synthetic file
+preprocessed), trains `--steps` fast steps, evaluates 100,000 predictions, and reports load time, speeds
+and the peak memory of the process (RSS; GPU memory on cuda).
 """
 import argparse
 import contextlib
+import copy
 import io
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +50,18 @@ from dataset import SessionData  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from model import GRU4Rec  # noqa: E402
 from scripts.make_synthetic import generate, write_raw  # noqa: E402
+from scripts.reproduce import prepare_quick_data  # noqa: E402
 
-SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'yoochoose-clicks-sample.dat')
+RSC15 = main.PRESETS['rsc15_xe_shared_100']
+SETTINGS = {          # name -> (preset overrides); the first is the issue's target row
+    'XE, batch 32, n_sample 2048': dict(RSC15),
+    'XE, batch 32, n_sample 0': dict(RSC15, n_sample=0),
+    'XE, batch 32, n_sample 512': dict(RSC15, n_sample=512),
+    'XE, batch 128, n_sample 2048': dict(RSC15, batch_size=128),
+    'XE, batch 512, n_sample 2048': dict(RSC15, batch_size=512),
+    'BPR-max (bprmax_shared)': dict(main.PRESETS['bprmax_shared']),
+}
+SYNTHETIC_SETTINGS = ('XE, batch 32, n_sample 2048', 'BPR-max (bprmax_shared)')
 
 
 def sync(device):
@@ -46,10 +69,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-class SparseEmbeddingGRU4Rec(GRU4Rec):
-    """Baseline for the side-by-side ratio: the lookups of the official PyTorch code (shared mode only):
-    separate W_y and b_y tables read with torch's sparse embedding gradients, duplicate rows left to
-    the optimiser's coalesce. Same network and numbers; only the row-sparse machinery differs."""
+class OfficialStyleGRU4Rec(GRU4Rec):
+    """Stand-in for the official PyTorch code's row-sparse machinery (shared mode only): separate W_y and
+    b_y tables read with torch's sparse embedding gradients, duplicate rows left to the optimiser's
+    coalesce. Same network and numbers up to float rounding; trained by the plain loop."""
+    has_fast_step = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,86 +87,142 @@ class SparseEmbeddingGRU4Rec(GRU4Rec):
         return torch.addmm(b.T, hidden[-1], rows[len(inputs):].T), hidden
 
 
-def setup(data, config, device, model):
+def prepared(data, config, device, model, fast, warmup):
+    config = {**config, 'fast_step': fast}
     run = main.training_setup(config, data, device, model) + (config, device)
-    main.train_epoch(*run, max_steps=50)                 # warm-up
+    main.train_epoch(*run, max_steps=warmup)
     return run
 
 
-def train_speeds(data, config, device, steps, repeats):
-    """Training events/s of ours and of the baseline, measured in alternating pairs: best of each, and
-    the median over pairs of ours / baseline (robust to this VM's drift, which moves both alike)."""
-    ours = setup(data, config, device, main.build_model(config, len(data.item_map), device))
-    kwargs = dict(layers=config['layers'], constrained_embedding=True, dropout_p_hidden=config['dropout_hidden'])
-    baseline = setup(data, config, device, SparseEmbeddingGRU4Rec(len(data.item_map), **kwargs).to(device))
-    speeds = []
-    for r in range(repeats):
-        pair = {}
-        for which, run in (('ours', ours), ('baseline', baseline))[::1 if r % 2 == 0 else -1]:
+def train_speeds(data, config, device, steps, rounds):
+    """{'fast', 'plain', 'official'} -> list of events/s, one per round, the order rotating each round."""
+    n = len(data.item_map)
+    kwargs = dict(layers=config['layers'], constrained_embedding=True, dropout_p_embed=config['dropout_input'],
+                  dropout_p_hidden=config['dropout_hidden'])
+    runs = {'fast': prepared(data, config, device, main.build_model(config, n, device), True, 20),
+            'plain': prepared(data, config, device, main.build_model(config, n, device), False, 20),
+            'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False, 20)}
+    speeds = {name: [] for name in runs}
+    order = list(runs)
+    for r in range(rounds):
+        for name in order[r % 3:] + order[:r % 3]:
             sync(device)
             start = time.perf_counter()
-            _, n_targets, _ = main.train_epoch(*run, max_steps=steps)
+            _, n_targets, _ = main.train_epoch(*runs[name], max_steps=steps)
             sync(device)
-            pair[which] = n_targets / (time.perf_counter() - start)
-        speeds.append((pair['ours'], pair['baseline']))
-    ratio = statistics.median(a / b for a, b in speeds)
-    return max(a for a, _ in speeds), max(b for _, b in speeds), ratio, ours[0]
+            speeds[name].append(n_targets / (time.perf_counter() - start))
+    return speeds, runs['fast'][0]
 
 
-def eval_speed(model, test, device, repeats):
-    best = 0.0
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        result = evaluate(model, test, batch_size=512, device=device)
-        sync(device)
-        best = max(best, result['n_predictions'] / (time.perf_counter() - start))
-    return best
+def eval_speeds(model, test, device):
+    """(predictions/s of evaluate over the test split, predictions/s the score product alone allows)."""
+    sync(device)
+    start = time.perf_counter()
+    result = evaluate(model, test, batch_size=512, device=device)
+    sync(device)
+    speed = result['n_predictions'] / (time.perf_counter() - start)
+    h = torch.randn(512, model.layers[-1], device=device)
+    out = torch.empty(512, model.n_items, device=device)
+    weights, bias = model.Wy.detach().T.contiguous(), model.By.detach()
+    torch.addmm(bias, h, weights, out=out)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        torch.addmm(bias, h, weights, out=out)
+    sync(device)
+    return speed, 5 * 512 / (time.perf_counter() - start)
 
 
-def datasets(folder):
-    out = []
-    if os.path.isfile(SAMPLE):
-        with contextlib.redirect_stdout(io.StringIO()):
-            preprocessing.preprocess(SAMPLE, os.path.join(folder, 'sample') + '/')
-        out.append(('real sample', os.path.join(folder, 'sample')))
+def datasets(folder, quick):
+    with contextlib.redirect_stdout(io.StringIO()):
+        source = prepare_quick_data(os.path.join(folder, 'sample'))
+    out = [('real sample' if 'real' in source else 'synthetic demo', os.path.join(folder, 'sample'), list(SETTINGS))]
     raw = os.path.join(folder, 'synthetic', 'yoochoose-clicks.dat')
     os.makedirs(os.path.dirname(raw))
     write_raw(raw, generate(800_000, 52_739, days=30, seed=11))
     with contextlib.redirect_stdout(io.StringIO()):
-        preprocessing.preprocess(raw, os.path.dirname(raw) + '/')
-    out.append(('synthetic, RSC15 items', os.path.dirname(raw)))
+        preprocessing.preprocess(raw, os.path.dirname(raw) + '/', log=lambda *a: None)
+    out.append(('synthetic', os.path.dirname(raw), list(SYNTHETIC_SETTINGS[:1] if quick else SYNTHETIC_SETTINGS)))
     return out
 
 
-def main_():
+def full_scale(folder, device, steps):
+    start = time.perf_counter()
+    train = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
+    test = SessionData(os.path.join(folder, 'rsc15_test.txt'), item_map=train.item_map)
+    load = time.perf_counter() - start
+    config = {**main.DEFAULTS, **RSC15}
+    run = main.training_setup(config, train, device) + (config, device)
+    main.train_epoch(*run, max_steps=50)
+    sync(device)
+    start = time.perf_counter()
+    _, n_targets, _ = main.train_epoch(*run, max_steps=steps)
+    sync(device)
+    train_speed = n_targets / (time.perf_counter() - start)
+    eval_speed, bound = eval_speeds(run[0], subset(test, 100_000), device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    gpu = torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith('cuda') else None
+    print(f'\n{folder}: {train.n_events:,} training events, {len(train.item_map):,} items, '
+          f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, {torch.get_num_threads()} threads\n')
+    print('| training events/s | epoch (min, at that speed) | eval predictions/s | score-product bound | '
+          'peak RSS (GB) | peak GPU memory (GB) |')
+    print('|---|---|---|---|---|---|')
+    print(f'| {train_speed:,.0f} | {train.n_events / train_speed / 60:,.1f} | {eval_speed:,.0f} | {bound:,.0f} | '
+          f'{peak:.2f} | {"-" if gpu is None else f"{gpu:.2f}"} |')
+
+
+def subset(data, n_events):
+    """The first sessions of a SessionData holding about n_events clicks (a bounded evaluation)."""
+    part = copy.copy(data)
+    last = max(1, int(np.searchsorted(data.offsets, n_events)))
+    part.offsets = data.offsets[:last + 1]
+    part.items = data.items[:part.offsets[-1]]
+    part.session_ids, part.start_time = data.session_ids[:last], data.start_time[:last]
+    return part
+
+
+def run(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--quick', action='store_true', help='fewer steps and rounds: under 3 minutes on 2 CPU cores')
     p.add_argument('--device', default='auto', help='auto = cpu, plus cuda when available')
-    p.add_argument('--steps', type=int, default=300, help='mini-batches per timed run')
-    p.add_argument('--repeats', type=int, default=9, help='alternating pairs of timed runs')
-    args = p.parse_args()
+    p.add_argument('--steps', type=int, help='mini-batches per timed run (batch-32 equivalent; default 200, '
+                   'quick 150; full scale 2000)')
+    p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3)')
+    p.add_argument('--full_scale', metavar='FOLDER', help='a preprocessed RSC15-scale split instead of the table')
+    args = p.parse_args(argv)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) if args.device == 'auto' else [args.device]
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, devices: {", ".join(devices)}')
+    if args.full_scale:
+        for device in devices:
+            full_scale(args.full_scale, device, args.steps or 2000)
+        return
+    steps = args.steps or (150 if args.quick else 200)
+    rounds = args.rounds or (3 if args.quick else 7)
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, devices: {", ".join(devices)}; '
+          f'{rounds} rounds of {steps} batch-32-equivalent steps', flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, path in datasets(folder):
+        for name, path, settings in datasets(folder, args.quick):
             train = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
             test = SessionData(os.path.join(path, 'rsc15_test.txt'), item_map=train.item_map)
             for device in devices:
-                for n_sample in (0, 512, 2048):
-                    config = {**main.DEFAULTS, **main.PRESETS['rsc15_xe_shared_100'], 'n_sample': n_sample}
-                    speed, baseline, ratio, model = train_speeds(train, config, device, args.steps, args.repeats)
-                    rows.append((name, len(train.item_map), device, n_sample, speed, baseline, ratio,
-                                 eval_speed(model, test, device, 2)))
-                    print(f'  {name}, {device}, n_sample {n_sample}: {speed:,.0f} train events/s '
-                          f'(baseline {baseline:,.0f})', flush=True)
+                for setting in settings:
+                    config = {**main.DEFAULTS, **SETTINGS[setting]}
+                    n_steps = max(30, steps * 32 // config['batch_size'])
+                    speeds, model = train_speeds(train, config, device, n_steps, rounds)
+                    ratio = {k: statistics.median(f / o for f, o in zip(speeds['fast'], speeds[k]))
+                             for k in ('plain', 'official')}
+                    evaluation = eval_speeds(model, test, device) if setting == settings[0] else None
+                    rows.append((name, len(train.item_map), device, setting, speeds, ratio, evaluation))
+                    print(f'  {name}, {device}, {setting}: fast {max(speeds["fast"]):,.0f} events/s', flush=True)
     print()
-    print('| data | items | device | n_sample | train events/s | baseline events/s | median ratio | eval events/s |')
-    print('|---|---|---|---|---|---|---|---|')
-    for name, items, device, n_sample, train_eps, base_eps, ratio, eval_eps in rows:
-        print(f'| {name} | {items:,} | {device} | {n_sample} | {train_eps:,.0f} | {base_eps:,.0f} | '
-              f'{ratio:.2f} | {eval_eps:,.0f} |')
+    print('| data | items | device | setting | fast events/s | plain events/s | official-style events/s | '
+          'fast / plain | fast / official-style | eval predictions/s | score-product bound |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    for name, items, device, setting, speeds, ratio, evaluation in rows:
+        ev = f'{evaluation[0]:,.0f} | {evaluation[1]:,.0f}' if evaluation else '| '
+        print(f'| {name} | {items:,} | {device} | {setting} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
+              f'{max(speeds["official"]):,.0f} | {ratio["plain"]:.2f} | {ratio["official"]:.2f} | {ev} |')
 
 
 if __name__ == '__main__':
-    main_()
+    run()
