@@ -419,7 +419,9 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
         correction = None
         if logq_tables is not None:                  # spec B6
             in_batch, sampled = logq_tables
-            correction = in_batch[targets] if not n_sample else torch.cat([in_batch[targets], sampled[samples]])
+            correction = in_batch.index_select(0, targets)
+            if n_sample:
+                correction = torch.cat([correction, sampled.index_select(0, samples)])
         if fast:      # the same numbers as the plain lines below, with a hand-written backward (issue #6)
             loss, hidden = model.train_step(inputs, hidden, candidates, loss_fn, correction)
         else:
