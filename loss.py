@@ -113,15 +113,19 @@ def bpr_max(x, batch_size, bpreg=1.0):
 
 
 def cross_entropy_value_and_grad(x, batch_size):
-    """cross_entropy(x) and its gradient d loss / d x, by the operations autograd runs for it (log's
-    backward divides, the diagonal's scatters into zeros, then softmax's backward), so the same bits
-    at about half the time of autograd's engine."""
+    """cross_entropy(x) and its gradient d loss / d x with the arithmetic autograd uses for it (log's
+    backward divides, then softmax's backward (g - sum(g * p)) * p of a g that is zero off the
+    diagonal), so the same bits, in place on the softmax and at about a third of autograd's time."""
     p = torch.softmax(x, dim=1)
-    target = p.diagonal() + EPS
+    diagonal = p.diagonal()
+    target = diagonal + EPS
     loss = -torch.log(target).sum() / batch_size
-    grad = torch.zeros_like(p)
-    grad.diagonal().copy_(-(torch.ones((), dtype=x.dtype, device=x.device) / batch_size) / target)
-    return loss, torch._softmax_backward_data(grad, p, 1, x.dtype)
+    g = -(torch.ones((), dtype=x.dtype, device=x.device) / batch_size) / target     # d loss / d p_aa
+    s = g * diagonal                               # sum over the row of g * p: one non-zero term
+    on_diagonal = (g - s) * diagonal
+    grad = p.mul_(-s[:, None])                     # (0 - s) * p off the diagonal
+    grad.diagonal().copy_(on_diagonal)
+    return loss, grad
 
 
 class ScoreLoss:

@@ -9,9 +9,10 @@ Training speed = targets (events) per second over `--steps` mini-batches (at lea
 for three implementations of the same training, measured in alternating rounds in one process:
   fast      main.train_epoch as main.py trains (model.GRU4Rec.train_step: hand-written backward);
   plain     the same loop with --no-fast_step (forward + autograd); bit-identical numbers;
-  official  a stand-in for the official PyTorch code's row-sparse machinery (shared mode: separate W_y and
-            b_y read with torch's sparse embedding gradients, duplicates left to the optimiser's coalesce),
-            on the plain loop. The official code itself is not vendored; issue 3 measured it at about
+  official  a stand-in for the official PyTorch code on the plain loop: its row-sparse machinery (shared
+            mode: separate W_y and b_y read with torch's sparse embedding gradients, duplicates left to the
+            optimiser's coalesce), F.dropout, and the optimiser called through torch.optim's step wrapper
+            (but with our AdagradM arithmetic, so it is a little faster than the official code). The official code itself is not vendored; issue 3 measured it at about
             9,200 events/s (n_sample 2048) and 14,000 (n_sample 512) on these 2-core machines.
 Each cell is the best round; the ratio columns are medians over rounds of the per-round ratios (the
 shared VMs drift by up to 2x within minutes, which moves the three alike).
@@ -49,6 +50,7 @@ import preprocessing  # noqa: E402
 from dataset import SessionData  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from model import GRU4Rec  # noqa: E402
+from optimizer import AdagradM  # noqa: E402
 from scripts.make_synthetic import generate, write_raw  # noqa: E402
 from scripts.reproduce import prepare_quick_data  # noqa: E402
 
@@ -80,6 +82,9 @@ class OfficialStyleGRU4Rec(GRU4Rec):
         self.W = torch.nn.Parameter(self.Y.detach()[:, :-1].clone())
         self.B = torch.nn.Parameter(self.Y.detach()[:, -1:].clone())
 
+    def _dropout(self, x, p):         # the official code's F.dropout (an MKL Bernoulli stream per call)
+        return F.dropout(x, p, training=True) if self.training and p > 0 else x
+
     def forward(self, inputs, hidden, candidates):
         rows = F.embedding(torch.cat([inputs, candidates]), self.W, sparse=True)
         hidden = self.hidden_step(inputs, hidden, input_vectors=rows[:len(inputs)])
@@ -87,9 +92,23 @@ class OfficialStyleGRU4Rec(GRU4Rec):
         return torch.addmm(b.T, hidden[-1], rows[len(inputs):].T), hidden
 
 
-def prepared(data, config, device, model, fast, warmup):
+class WrappedStepAdagradM(AdagradM):
+    """AdagradM called through torch.optim's `step` wrapper (hooks, profiler record), as the official
+    code's optimiser is; main.train_epoch calls `update`."""
+
+    def step(self, closure=None):
+        AdagradM.update(self)
+
+    def update(self):
+        self.step()
+
+
+def prepared(data, config, device, model, fast, warmup, official=False):
     config = {**config, 'fast_step': fast}
-    run = main.training_setup(config, data, device, model) + (config, device)
+    run = main.training_setup(config, data, device, model)
+    if official:
+        run = (run[0], WrappedStepAdagradM(run[0].parameters(), lr=config['lr'], momentum=config['momentum'])) + run[2:]
+    run = run + (config, device)
     main.train_epoch(*run, max_steps=warmup)
     return run
 
@@ -101,7 +120,8 @@ def train_speeds(data, config, device, steps, rounds):
                   dropout_p_hidden=config['dropout_hidden'])
     runs = {'fast': prepared(data, config, device, main.build_model(config, n, device), True, 20),
             'plain': prepared(data, config, device, main.build_model(config, n, device), False, 20),
-            'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False, 20)}
+            'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False, 20,
+                                 official=True)}
     speeds = {name: [] for name in runs}
     order = list(runs)
     for r in range(rounds):

@@ -115,3 +115,15 @@ def test_bad_names_and_pairings():
     assert [loss.canonical_loss(n) for n in ('TOP1', 'BPR', 'CE', 'CrossEntropy', 'cross-entropy', 'TOP1-max',
                                              'BPR-max', 'xe_logit')] == [
         'top1', 'bpr', 'cross-entropy', 'cross-entropy', 'cross-entropy', 'top1-max', 'bpr-max', 'xe_logit']
+
+
+@pytest.mark.parametrize('rows,columns,batch_size', [(32, 2080, 32), (7, 7, 50), (5, 40, 80)])
+def test_cross_entropy_value_and_grad_is_autograd_bit_for_bit(rows, columns, batch_size):
+    torch.manual_seed(rows)
+    x = (torch.randn(rows, columns) * 6).requires_grad_()
+    with torch.no_grad():
+        x[0, 0] = -60.0                                   # a target with p ~ 1e-30: EPS matters there
+    value = loss.cross_entropy(x, batch_size)
+    value.backward()
+    fast_value, grad = loss.cross_entropy_value_and_grad(x.detach(), batch_size)
+    assert torch.equal(fast_value, value.detach()) and torch.equal(grad, x.grad)
