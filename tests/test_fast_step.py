@@ -14,9 +14,9 @@ CASES = {
     'rsc15 XE + logQ, shared': dict(main.PRESETS['rsc15_xe_shared_100'], layers=[32], n_sample=64),
     'BPR-max, shared, two layers, input dropout': dict(
         main.PRESETS['bprmax_shared'], layers=[24, 16], n_sample=50, dropout_input=0.3),
-    'TOP1, separate embedding, no samples': dict(
+    'TOP1, separate embedding with input dropout, no samples': dict(
         loss_type='top1', final_act='tanh', constrained_embedding=False, embedding_dim=20, layers=[16],
-        n_sample=0, dropout_hidden=0.2, lr=0.05, momentum=0.0),
+        n_sample=0, dropout_input=0.2, dropout_hidden=0.2, lr=0.05, momentum=0.0),
     'xe_logit, separate embedding, logQ': dict(
         loss_type='xe_logit', final_act='softmax_logit', constrained_embedding=False, embedding_dim=12,
         layers=[20], n_sample=30, logq=0.5, momentum=0.3),
