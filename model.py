@@ -120,7 +120,7 @@ def gru_cell(cell, x, h):
     return n + rz[:, L:] * (h - n), (rz, n, gh_n)
 
 
-def gru_cell_backward(cell, x, h, gates, grad, need_input_grad=True):
+def gru_cell_backward(cell, x, h, gates, grad):
     """Gradients of `gru_cell` for the gradient `grad` of its output: sets the cell's weight and bias
     .grad and returns the input's gradient. The state h gets none (no BPTT, spec B10). Each line is
     the formula autograd applies to the matching line of gru_cell, in autograd's order, so the results
@@ -138,7 +138,7 @@ def gru_cell_backward(cell, x, h, gates, grad, need_input_grad=True):
     cell.weight_hh.grad = grad_gh.T @ h
     cell.bias_ih.grad = grad_gi.sum(0)
     cell.bias_hh.grad = grad_gh.sum(0)
-    return grad_gi @ cell.weight_ih if need_input_grad else None
+    return grad_gi @ cell.weight_ih
 
 
 def dropout_noise(x, p):

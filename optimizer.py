@@ -34,7 +34,6 @@ class AdagradM(torch.optim.Optimizer):
         mode: no autograd bookkeeping for the in-place updates (another 3%)."""
         for group in self.param_groups:
             lr, mu, eps = group['lr'], group['momentum'], group['eps']
-            dense = []
             for p in group['params']:
                 if p.grad is None:
                     continue
@@ -45,34 +44,7 @@ class AdagradM(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     self._sparse_step(p, state, lr, mu, eps)
                 else:
-                    dense.append(p)
-            if dense:
-                self._dense_step(dense, lr, mu, eps)
-
-    def _dense_step(self, params, lr, mu, eps):
-        """The rule for all dense tensors at once, on one flat vector (a few kernel calls instead of a few
-        per tensor; the same arithmetic per element). Their `acc` and `velocity` states are views into
-        the flat vectors, made on first use and again whenever the states were replaced (load_state_dict)."""
-        key = tuple(id(p) for p in params)
-        flat = getattr(self, '_flat', {}).get(key)
-        states = [self.state[p] for p in params]
-        if flat is None or any(s['acc'] is not a or s['velocity'] is not v
-                               for s, a, v in zip(states, flat['acc_views'], flat['velocity_views'])):
-            flat = {}
-            for name in ('acc', 'velocity'):
-                flat[name] = torch.cat([s[name].reshape(-1) for s in states])
-                views = [part.view_as(p) for part, p in zip(flat[name].split([p.numel() for p in params]), params)]
-                for s, view in zip(states, views):
-                    s[name] = view
-                flat[name + '_views'] = views
-            self._flat = {key: flat}
-        grad = torch.cat([p.grad.reshape(-1) for p in params])
-        step = self._rule(flat['acc'], flat['velocity'], grad, lr, mu, eps)
-        if mu > 0:
-            torch._foreach_add_(params, flat['velocity_views'])
-        else:
-            torch._foreach_add_(params, [part.view_as(p) for part, p in
-                                         zip(step.split([p.numel() for p in params]), params)])
+                    p.add_(self._rule(state['acc'], state['velocity'], p.grad, lr, mu, eps))
 
     @staticmethod
     def _rule(acc, velocity, g, lr, mu, eps):
