@@ -103,7 +103,8 @@ class WrappedStepAdagradM(AdagradM):
         self.step()
 
 
-def prepared(data, config, device, model, fast, warmup, official=False):
+def prepared(data, config, device, model, fast, official=False, warmup=20):
+    """train_epoch's arguments for `model` (None: the configured GRU4Rec), after `warmup` steps."""
     config = {**config, 'fast_step': fast}
     run = main.training_setup(config, data, device, model)
     if official:
@@ -118,9 +119,9 @@ def train_speeds(data, config, device, steps, rounds):
     n = len(data.item_map)
     kwargs = dict(layers=config['layers'], constrained_embedding=True, dropout_p_embed=config['dropout_input'],
                   dropout_p_hidden=config['dropout_hidden'])
-    runs = {'fast': prepared(data, config, device, main.build_model(config, n, device), True, 20),
-            'plain': prepared(data, config, device, main.build_model(config, n, device), False, 20),
-            'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False, 20,
+    runs = {'fast': prepared(data, config, device, None, True),
+            'plain': prepared(data, config, device, None, False),
+            'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False,
                                  official=True)}
     speeds = {name: [] for name in runs}
     order = list(runs)
@@ -172,8 +173,7 @@ def full_scale(folder, device, steps):
     test = SessionData(os.path.join(folder, 'rsc15_test.txt'), item_map=train.item_map)
     load = time.perf_counter() - start
     config = {**main.DEFAULTS, **RSC15}
-    run = main.training_setup(config, train, device) + (config, device)
-    main.train_epoch(*run, max_steps=50)
+    run = prepared(train, config, device, None, True, warmup=50)
     sync(device)
     start = time.perf_counter()
     _, n_targets, _ = main.train_epoch(*run, max_steps=steps)
