@@ -27,19 +27,27 @@ beat that bound.
 --full_scale FOLDER: reads FOLDER/rsc15_train_full.txt and rsc15_test.txt (e.g. the full synthetic file
 preprocessed), trains `--steps` fast steps, evaluates 100,000 predictions, and reports load time, speeds
 and the peak memory of the process (RSS; GPU memory on cuda).
+--official_code DIR: against the official PyTorch code itself, from your own clone of
+hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
+fresh models on the real sample's training split, its `fit` (its own events/s line) alternating with
+main.train_epoch fast and plain; the target row and n_sample 512 with --quick, every setting without.
 """
 import argparse
 import contextlib
 import copy
+import importlib.util
 import io
 import os
+import re
 import resource
 import statistics
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +57,7 @@ import main  # noqa: E402
 import preprocessing  # noqa: E402
 from dataset import SessionData  # noqa: E402
 from evaluation import evaluate  # noqa: E402
+from loss import parse_activation  # noqa: E402
 from model import GRU4Rec  # noqa: E402
 from optimizer import AdagradM  # noqa: E402
 from scripts.make_synthetic import generate, write_raw  # noqa: E402
@@ -191,6 +200,100 @@ def full_scale(folder, device, steps):
           f'{peak:.2f} | {"-" if gpu is None else f"{gpu:.2f}"} |')
 
 
+class _SeriesTolerantTorch(types.ModuleType):
+    """torch for the official module: its fit() hands a pandas Series to torch.tensor, which torch 2.x
+    rejects ('could not determine the shape'); this passes the Series' values instead."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def tensor(data, *args, **kwargs):
+        return torch.tensor(data.to_numpy() if isinstance(data, pd.Series) else data, *args, **kwargs)
+
+
+def load_official(folder):
+    """The official PyTorch GRU4Rec module from a clone of hidasib/GRU4Rec_PyTorch_Official in `folder`."""
+    path = os.path.join(folder, 'gru4rec_pytorch.py')
+    if not os.path.isfile(path):
+        raise SystemExit(f'--official_code {folder}: no gru4rec_pytorch.py there '
+                         '(expected a clone of hidasib/GRU4Rec_PyTorch_Official)')
+    spec = importlib.util.spec_from_file_location('official_gru4rec_pytorch', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.torch = _SeriesTolerantTorch('torch')
+    return module
+
+
+def official_settings(config):
+    """The official GRU4Rec's constructor arguments for one of SETTINGS (shared embedding, XE or BPR-max)."""
+    kind, values = parse_activation(config['final_act'])
+    return dict(layers=list(config['layers']), loss=config['loss_type'], batch_size=config['batch_size'],
+                dropout_p_embed=config['dropout_input'], dropout_p_hidden=config['dropout_hidden'],
+                learning_rate=config['lr'], momentum=config['momentum'], sample_alpha=config['sample_alpha'],
+                n_sample=config['n_sample'], embedding=0, constrained_embedding=True, n_epochs=1,
+                bpreg=config['bpreg'], elu_param=values[0] if kind == 'elu' else 0.0, logq=config['logq'])
+
+
+def official_epoch(module, frame, config, device):
+    """events/s of the official code's first epoch on `frame`, as its own log line reports it (set-up
+    excluded). compatibility_mode=False: its numpy initialisation fails under NumPy 2 (float64 weights);
+    torch's initialisation instead changes no shape or cost."""
+    model = module.GRU4Rec(**official_settings(config), device=torch.device(device))
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        model.fit(frame.copy(), compatibility_mode=False)
+    found = re.search(r'\|\s*([0-9.]+) e/s\]', log.getvalue())
+    if found is None:
+        raise RuntimeError(f'the official code printed no events/s line: {log.getvalue()[-300:]!r}')
+    return float(found.group(1))
+
+
+def our_epoch(data, config, device, fast):
+    """events/s of main.train_epoch over a whole first epoch of a fresh model (set-up excluded)."""
+    config = {**config, 'fast_step': fast}
+    run = main.training_setup(config, data, device) + (config, device)
+    sync(device)
+    start = time.perf_counter()
+    _, n_targets, _ = main.train_epoch(*run)
+    sync(device)
+    return n_targets / (time.perf_counter() - start)
+
+
+def official_comparison(folder, settings, device, rounds, path):
+    """{setting: {'official', 'fast', 'plain'} -> events/s per round} on the training split in `path`."""
+    module = load_official(folder)
+    frame = pd.read_csv(os.path.join(path, 'rsc15_train_full.txt'), sep='\t',
+                        dtype={'SessionId': 'int64', 'ItemId': 'int64', 'Time': 'float64'})
+    data = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
+    results = {}
+    for setting in settings:
+        config = {**main.DEFAULTS, **SETTINGS[setting]}
+        timed = {'official': lambda: official_epoch(module, frame, config, device),
+                 'fast': lambda: our_epoch(data, config, device, True),
+                 'plain': lambda: our_epoch(data, config, device, False)}
+        speeds = {name: [] for name in timed}
+        order = list(timed)
+        for r in range(rounds):
+            for name in order[r % 3:] + order[:r % 3]:
+                speeds[name].append(timed[name]())
+        results[setting] = speeds
+        print(f'  {setting}: official {max(speeds["official"]):,.0f}, fast {max(speeds["fast"]):,.0f} events/s',
+              flush=True)
+    return results
+
+
+def print_official_table(results, source, n_targets, device):
+    print(f'\nWhole first epochs of fresh models on the training split of {source} ({n_targets:,} targets), {device}, '
+          f'{torch.get_num_threads()} threads; best round, ratios the median of per-round ratios\n')
+    print('| setting | official code events/s | fast events/s | plain events/s | fast / official | plain / official |')
+    print('|---|---|---|---|---|---|')
+    for setting, speeds in results.items():
+        ratio = {k: statistics.median(s / o for s, o in zip(speeds[k], speeds['official'])) for k in ('fast', 'plain')}
+        print(f'| {setting} | {max(speeds["official"]):,.0f} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
+              f'{ratio["fast"]:.2f} | {ratio["plain"]:.2f} |')
+
+
 def subset(data, n_events):
     """The first sessions of a SessionData holding about n_events clicks (a bounded evaluation)."""
     part = copy.copy(data)
@@ -209,8 +312,23 @@ def run(argv=None):
                    'quick 150; full scale 2000)')
     p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3)')
     p.add_argument('--full_scale', metavar='FOLDER', help='a preprocessed RSC15-scale split instead of the table')
+    p.add_argument('--official_code', metavar='DIR', help='a clone of hidasib/GRU4Rec_PyTorch_Official: compare '
+                   'with it instead of the table')
     args = p.parse_args(argv)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) if args.device == 'auto' else [args.device]
+    if args.official_code:
+        settings = list(SETTINGS)[:3:2] if args.quick else list(SETTINGS)
+        rounds = args.rounds or 3
+        with tempfile.TemporaryDirectory() as folder:
+            with contextlib.redirect_stdout(io.StringIO()):
+                source = prepare_quick_data(folder)
+            train = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
+            n_targets = train.n_events - train.n_sessions
+            for device in devices:
+                print(f'official code from {args.official_code}; {rounds} rounds', flush=True)
+                results = official_comparison(args.official_code, settings, device, rounds, folder)
+                print_official_table(results, source, n_targets, device)
+        return
     if args.full_scale:
         for device in devices:
             full_scale(args.full_scale, device, args.steps or 2000)

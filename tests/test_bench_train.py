@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -52,3 +53,53 @@ def test_subset_keeps_whole_first_sessions(split):
     assert 100 <= part.n_events < 100 + np.diff(test.offsets).max()
     assert np.array_equal(part.items, test.items[:part.n_events])
     assert part.n_sessions == len(part.session_ids) and part.offsets[-1] == part.n_events
+
+
+FAKE_OFFICIAL = '''
+import torch
+seen = {}
+class GRU4Rec:
+    def __init__(self, **kwargs):
+        seen['kwargs'] = kwargs
+    def fit(self, data, compatibility_mode=True):
+        seen['compatibility_mode'] = compatibility_mode
+        pop = data.groupby('ItemId').size()
+        seen['P0'] = torch.tensor(pop[data.ItemId.unique()], dtype=torch.float32)
+        print('Epoch1 --> loss: 1.0 \\t(2.00s) \\t[10.50 mb/s | 1234 e/s]')
+'''
+
+
+def test_official_comparison_drives_the_official_code(tmp_path, split):
+    """--official_code: the settings reach the official constructor under its names, its fit gets a
+    DataFrame (and may pass a pandas Series to torch.tensor), and its own events/s line is read."""
+    (tmp_path / 'gru4rec_pytorch.py').write_text(FAKE_OFFICIAL)
+    module = bench_train.load_official(str(tmp_path))
+    config = {**main.DEFAULTS, **bench_train.SETTINGS['BPR-max (bprmax_shared)']}
+    frame = pd.DataFrame({'SessionId': [1, 1, 2, 2], 'ItemId': [5, 7, 5, 9], 'Time': [1.0, 2.0, 3.0, 4.0]})
+    assert bench_train.official_epoch(module, frame, config, 'cpu') == 1234.0
+    kwargs = module.seen['kwargs']
+    assert kwargs['loss'] == 'bpr-max' and kwargs['elu_param'] == 0.5 and kwargs['layers'] == [224]
+    assert (kwargs['batch_size'], kwargs['n_sample'], kwargs['sample_alpha']) == (80, 2048, 0.4)
+    assert (kwargs['dropout_p_embed'], kwargs['dropout_p_hidden'], kwargs['bpreg']) == (0.5, 0.05, 1.95)
+    assert (kwargs['learning_rate'], kwargs['momentum'], kwargs['n_epochs']) == (0.05, 0.4, 1)
+    assert kwargs['constrained_embedding'] and kwargs['embedding'] == 0
+    assert module.seen['compatibility_mode'] is False
+    assert torch.equal(module.seen['P0'], torch.tensor([2.0, 1.0, 1.0]))
+    xe = bench_train.official_settings({**main.DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048']})
+    assert xe['loss'] == 'cross-entropy' and xe['logq'] == 1.0 and xe['elu_param'] == 0.0
+
+
+def test_our_epoch_takes_the_path_asked_for(split, monkeypatch):
+    train, _ = split
+    config = {**main.DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
+    fast_steps = []
+    train_step = GRU4Rec.train_step
+    monkeypatch.setattr(GRU4Rec, 'train_step', lambda *a, **k: fast_steps.append(1) or train_step(*a, **k))
+    assert bench_train.our_epoch(train, config, 'cpu', False) > 0 and not fast_steps
+    assert bench_train.our_epoch(train, config, 'cpu', True) > 0
+    assert len(fast_steps) == main.SessionParallelIterator(train, 32).__len__()
+
+
+def test_official_code_folder_must_hold_the_module(tmp_path):
+    with pytest.raises(SystemExit, match='no gru4rec_pytorch.py'):
+        bench_train.load_official(str(tmp_path))
