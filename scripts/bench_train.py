@@ -163,10 +163,12 @@ def eval_speeds(model, test, device):
     return speed, 5 * 512 / (time.perf_counter() - start)
 
 
-def datasets(folder, quick):
+def datasets(folder, quick, synthetic=True):
     with contextlib.redirect_stdout(io.StringIO()):
         source = prepare_quick_data(os.path.join(folder, 'sample'))
     out = [('real sample' if 'real' in source else 'synthetic demo', os.path.join(folder, 'sample'), list(SETTINGS))]
+    if not synthetic:
+        return out
     raw = os.path.join(folder, 'synthetic', 'yoochoose-clicks.dat')
     os.makedirs(os.path.dirname(raw))
     write_raw(raw, generate(800_000, 52_739, days=30, seed=11))
@@ -260,9 +262,8 @@ def our_epoch(data, config, device, fast):
     return n_targets / (time.perf_counter() - start)
 
 
-def official_comparison(folder, settings, device, rounds, path):
+def official_comparison(module, path, settings, device, rounds):
     """{setting: {'official', 'fast', 'plain'} -> events/s per round} on the training split in `path`."""
-    module = load_official(folder)
     frame = pd.read_csv(os.path.join(path, 'rsc15_train_full.txt'), sep='\t',
                         dtype={'SessionId': 'int64', 'ItemId': 'int64', 'Time': 'float64'})
     data = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
@@ -280,17 +281,31 @@ def official_comparison(folder, settings, device, rounds, path):
         results[setting] = speeds
         print(f'  {setting}: official {max(speeds["official"]):,.0f}, fast {max(speeds["fast"]):,.0f} events/s',
               flush=True)
-    return results
+    return data, results
 
 
-def print_official_table(results, source, n_targets, device):
-    print(f'\nWhole first epochs of fresh models on the training split of {source} ({n_targets:,} targets), {device}, '
-          f'{torch.get_num_threads()} threads; best round, ratios the median of per-round ratios\n')
-    print('| setting | official code events/s | fast events/s | plain events/s | fast / official | plain / official |')
-    print('|---|---|---|---|---|---|')
-    for setting, speeds in results.items():
+def against_official(code, devices, quick, rounds):
+    """--official_code: whole first epochs against the official code; the real sample (every setting, or
+    the target row and n_sample 512 with --quick) and, without --quick, the 38.7k-item synthetic split
+    (the target row: about 530k targets an epoch)."""
+    module = load_official(code)
+    print(f'official code from {code}; {rounds} alternating rounds of whole first epochs of fresh models '
+          '(set-up excluded); best round, ratios the median of per-round ratios', flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, path, settings in datasets(folder, quick=True, synthetic=not quick):
+            settings = list(SETTINGS)[:3:2] if quick else settings
+            for device in devices:
+                data, results = official_comparison(module, path, settings, device, rounds)
+                rows += [(name, data, device, setting, speeds) for setting, speeds in results.items()]
+    print(f'\n{torch.get_num_threads()} threads\n')
+    print('| data | items | targets an epoch | device | setting | official code events/s | fast events/s | '
+          'plain events/s | fast / official | plain / official |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for name, data, device, setting, speeds in rows:
         ratio = {k: statistics.median(s / o for s, o in zip(speeds[k], speeds['official'])) for k in ('fast', 'plain')}
-        print(f'| {setting} | {max(speeds["official"]):,.0f} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
+        print(f'| {name} | {len(data.item_map):,} | {data.n_events - data.n_sessions:,} | {device} | {setting} | '
+              f'{max(speeds["official"]):,.0f} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
               f'{ratio["fast"]:.2f} | {ratio["plain"]:.2f} |')
 
 
@@ -317,17 +332,7 @@ def run(argv=None):
     args = p.parse_args(argv)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) if args.device == 'auto' else [args.device]
     if args.official_code:
-        settings = list(SETTINGS)[:3:2] if args.quick else list(SETTINGS)
-        rounds = args.rounds or 3
-        with tempfile.TemporaryDirectory() as folder:
-            with contextlib.redirect_stdout(io.StringIO()):
-                source = prepare_quick_data(folder)
-            train = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
-            n_targets = train.n_events - train.n_sessions
-            for device in devices:
-                print(f'official code from {args.official_code}; {rounds} rounds', flush=True)
-                results = official_comparison(args.official_code, settings, device, rounds, folder)
-                print_official_table(results, source, n_targets, device)
+        against_official(args.official_code, devices, args.quick, args.rounds or 3)
         return
     if args.full_scale:
         for device in devices:
