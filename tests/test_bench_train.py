@@ -103,3 +103,14 @@ def test_our_epoch_takes_the_path_asked_for(split, monkeypatch):
 def test_official_code_folder_must_hold_the_module(tmp_path):
     with pytest.raises(SystemExit, match='no gru4rec_pytorch.py'):
         bench_train.load_official(str(tmp_path))
+
+
+def test_earliest_sessions_keeps_the_first_whole_sessions_in_time(tmp_path):
+    rows = [(1, 10, '5.5'), (1, 11, '6.0'), (2, 12, '1.25'), (2, 13, '2.0'), (2, 10, '3.0'), (3, 14, '4.0'),
+            (3, 15, '9.0'), (4, 16, '0.5'), (4, 17, '7.0')]
+    pd.DataFrame(rows, columns=['SessionId', 'ItemId', 'Time']).to_csv(tmp_path / 'rsc15_train_full.txt', sep='\t',
+                                                                         index=False)
+    folder = bench_train.earliest_sessions(str(tmp_path), 4)      # starts: 4 at 0.5, 2 at 1.25, 3 at 4.0, 1 at 5.5
+    kept = pd.read_csv(os.path.join(folder, 'rsc15_train_full.txt'), sep='\t', dtype={'Time': str})
+    assert list(kept.SessionId) == [2, 2, 2, 4, 4] and list(kept.Time) == ['1.25', '2.0', '3.0', '0.5', '7.0']
+    assert SessionData(os.path.join(folder, 'rsc15_train_full.txt')).n_sessions == 2
