@@ -12,8 +12,8 @@ for three implementations of the same training, measured in alternating rounds i
   official  a stand-in for the official PyTorch code on the plain loop: its row-sparse machinery (shared
             mode: separate W_y and b_y read with torch's sparse embedding gradients, duplicates left to the
             optimiser's coalesce), F.dropout, and the optimiser called through torch.optim's step wrapper
-            (but with our AdagradM arithmetic, so it is a little faster than the official code). The official code itself is not vendored; issue 3 measured it at about
-            9,200 events/s (n_sample 2048) and 14,000 (n_sample 512) on these 2-core machines.
+            (but with our AdagradM arithmetic, so it is a little faster than the official code). The
+            official code itself is not part of this repository: --official_code (below) times it.
 Each cell is the best round; the ratio columns are medians over rounds of the per-round ratios (the
 shared VMs drift by up to 2x within minutes, which moves the three alike).
 Data: the real 84k-click sample (../shared/data/yoochoose-clicks-sample.dat, preprocessed into a temporary
@@ -29,8 +29,10 @@ preprocessed), trains `--steps` fast steps, evaluates 100,000 predictions, and r
 and the peak memory of the process (RSS; GPU memory on cuda).
 --official_code DIR: against the official PyTorch code itself, from your own clone of
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
-fresh models on the real sample's training split, its `fit` (its own events/s line) alternating with
-main.train_epoch fast and plain; the target row and n_sample 512 with --quick, every setting without.
+fresh models, its `fit` (its own events/s line) alternating with main.train_epoch fast and plain; the
+real sample's training split with every setting, and the target row on the earliest 1M events of the
+synthetic split (37.6k items); about 16 minutes. --quick: the target row and n_sample 512 on the real
+sample, about 1.5 minutes.
 """
 import argparse
 import contextlib
