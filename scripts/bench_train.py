@@ -134,16 +134,25 @@ def train_speeds(data, config, device, steps, rounds):
             'plain': prepared(data, config, device, None, False),
             'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False,
                                  official=True)}
-    speeds = {name: [] for name in runs}
-    order = list(runs)
+
+    def timed(name):
+        sync(device)
+        start = time.perf_counter()
+        _, n_targets, _ = main.train_epoch(*runs[name], max_steps=steps)
+        sync(device)
+        return n_targets / (time.perf_counter() - start)
+
+    return alternating({name: lambda name=name: timed(name) for name in runs}, rounds), runs['fast'][0]
+
+
+def alternating(timed, rounds):
+    """{name: [one call's result per round]} of the callables in `timed`, their order rotating each round."""
+    speeds = {name: [] for name in timed}
+    order = list(timed)
     for r in range(rounds):
-        for name in order[r % 3:] + order[:r % 3]:
-            sync(device)
-            start = time.perf_counter()
-            _, n_targets, _ = main.train_epoch(*runs[name], max_steps=steps)
-            sync(device)
-            speeds[name].append(n_targets / (time.perf_counter() - start))
-    return speeds, runs['fast'][0]
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            speeds[name].append(timed[name]())
+    return speeds
 
 
 def eval_speeds(model, test, device):
@@ -272,14 +281,9 @@ def official_comparison(module, path, settings, device, rounds):
     results = {}
     for setting in settings:
         config = {**main.DEFAULTS, **SETTINGS[setting]}
-        timed = {'official': lambda: official_epoch(module, frame, config, device),
-                 'fast': lambda: our_epoch(data, config, device, True),
-                 'plain': lambda: our_epoch(data, config, device, False)}
-        speeds = {name: [] for name in timed}
-        order = list(timed)
-        for r in range(rounds):
-            for name in order[r % 3:] + order[:r % 3]:
-                speeds[name].append(timed[name]())
+        speeds = alternating({'official': lambda: official_epoch(module, frame, config, device),
+                              'fast': lambda: our_epoch(data, config, device, True),
+                              'plain': lambda: our_epoch(data, config, device, False)}, rounds)
         results[setting] = speeds
         print(f'  {setting}: official {max(speeds["official"]):,.0f}, fast {max(speeds["fast"]):,.0f} events/s',
               flush=True)

@@ -114,3 +114,10 @@ def test_earliest_sessions_keeps_the_first_whole_sessions_in_time(tmp_path):
     kept = pd.read_csv(os.path.join(folder, 'rsc15_train_full.txt'), sep='\t', dtype={'Time': str})
     assert list(kept.SessionId) == [2, 2, 2, 4, 4] and list(kept.Time) == ['1.25', '2.0', '3.0', '0.5', '7.0']
     assert SessionData(os.path.join(folder, 'rsc15_train_full.txt')).n_sessions == 2
+
+
+def test_alternating_rotates_the_order_each_round():
+    calls = []
+    speeds = bench_train.alternating({k: (lambda k=k: calls.append(k) or len(calls)) for k in 'abc'}, 4)
+    assert ''.join(calls) == 'abc' + 'bca' + 'cab' + 'abc'
+    assert speeds == {'a': [1, 6, 8, 10], 'b': [2, 4, 9, 11], 'c': [3, 5, 7, 12]}
