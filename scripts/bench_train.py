@@ -134,15 +134,17 @@ def train_speeds(data, config, device, steps, rounds):
             'plain': prepared(data, config, device, None, False),
             'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False,
                                  official=True)}
+    return alternating({name: lambda run=run: epoch_speed(run, steps) for name, run in runs.items()}, rounds), \
+        runs['fast'][0]
 
-    def timed(name):
-        sync(device)
-        start = time.perf_counter()
-        _, n_targets, _ = main.train_epoch(*runs[name], max_steps=steps)
-        sync(device)
-        return n_targets / (time.perf_counter() - start)
 
-    return alternating({name: lambda name=name: timed(name) for name in runs}, rounds), runs['fast'][0]
+def epoch_speed(run, max_steps=None):
+    """events/s of main.train_epoch over `run` (train_epoch's arguments, the device last)."""
+    sync(run[-1])
+    start = time.perf_counter()
+    _, n_targets, _ = main.train_epoch(*run, max_steps=max_steps)
+    sync(run[-1])
+    return n_targets / (time.perf_counter() - start)
 
 
 def alternating(timed, rounds):
@@ -196,11 +198,7 @@ def full_scale(folder, device, steps):
     load = time.perf_counter() - start
     config = {**main.DEFAULTS, **RSC15}
     run = prepared(train, config, device, None, True, warmup=50)
-    sync(device)
-    start = time.perf_counter()
-    _, n_targets, _ = main.train_epoch(*run, max_steps=steps)
-    sync(device)
-    train_speed = n_targets / (time.perf_counter() - start)
+    train_speed = epoch_speed(run, steps)
     eval_speed, bound = eval_speeds(run[0], subset(test, 100_000), device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     gpu = torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith('cuda') else None
@@ -265,12 +263,7 @@ def official_epoch(module, frame, config, device):
 def our_epoch(data, config, device, fast):
     """events/s of main.train_epoch over a whole first epoch of a fresh model (set-up excluded)."""
     config = {**config, 'fast_step': fast}
-    run = main.training_setup(config, data, device) + (config, device)
-    sync(device)
-    start = time.perf_counter()
-    _, n_targets, _ = main.train_epoch(*run)
-    sync(device)
-    return n_targets / (time.perf_counter() - start)
+    return epoch_speed(main.training_setup(config, data, device) + (config, device))
 
 
 def official_comparison(module, path, settings, device, rounds):
