@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from dataset import ArgumentParser, InputError, run_cli, write_atomically
+from cli import ArgumentParser, InputError, run_cli, write_atomically
 
 DAY = 86400
 MAX_RUNS = 1000   # a file taking more runs of lines than this from a formatted chunk is cut by a byte mask

@@ -7,7 +7,7 @@ stand-in side by side (issue #6). Figures go to benchmarks/RESULTS.md.
 
 Training speed = targets (events) per second over `--steps` mini-batches (at least 30) after a warm-up,
 for three implementations of the same training, measured in alternating rounds in one process:
-  fast      main.train_epoch as main.py trains (model.GRU4Rec.train_step: hand-written backward);
+  fast      train_epoch as main.py trains (model.GRU4Rec.train_step: hand-written backward);
   plain     the same loop with --no-fast_step (forward + autograd); bit-identical numbers;
   official  a stand-in for the official PyTorch code on the plain loop: its row-sparse machinery (shared
             mode: separate W_y and b_y read with torch's sparse embedding gradients, duplicates left to the
@@ -29,7 +29,7 @@ preprocessed), trains `--steps` fast steps, evaluates 100,000 predictions, and r
 and the peak memory of the process (RSS; GPU memory on cuda).
 --official_code DIR: against the official PyTorch code itself, from your own clone of
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
-fresh models, its `fit` (its own events/s line) alternating with main.train_epoch fast and plain; the
+fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and plain; the
 real sample's training split with every setting, and the target row on the earliest 1M events of the
 synthetic split (37.6k items); about 16 minutes. --quick: the target row and n_sample 512 on the real
 sample, about 1.5 minutes.
@@ -55,24 +55,25 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import main  # noqa: E402
-import preprocessing  # noqa: E402
+from config import DEFAULTS, PRESETS  # noqa: E402
 from dataset import SessionData  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from loss import parse_activation  # noqa: E402
 from model import GRU4Rec  # noqa: E402
 from optimizer import AdagradM  # noqa: E402
+import preprocessing  # noqa: E402
 from scripts.make_synthetic import generate, write_raw  # noqa: E402
 from scripts.reproduce import prepare_quick_data  # noqa: E402
+from training import train_epoch, training_setup  # noqa: E402
 
-RSC15 = main.PRESETS['rsc15_xe_shared_100']
+RSC15 = PRESETS['rsc15_xe_shared_100']
 SETTINGS = {          # name -> (preset overrides); the first is the issue's target row
     'XE, batch 32, n_sample 2048': dict(RSC15),
     'XE, batch 32, n_sample 0': dict(RSC15, n_sample=0),
     'XE, batch 32, n_sample 512': dict(RSC15, n_sample=512),
     'XE, batch 128, n_sample 2048': dict(RSC15, batch_size=128),
     'XE, batch 512, n_sample 2048': dict(RSC15, batch_size=512),
-    'BPR-max (bprmax_shared)': dict(main.PRESETS['bprmax_shared']),
+    'BPR-max (bprmax_shared)': dict(PRESETS['bprmax_shared']),
 }
 SYNTHETIC_SETTINGS = ('XE, batch 32, n_sample 2048', 'BPR-max (bprmax_shared)')
 
@@ -105,7 +106,7 @@ class OfficialStyleGRU4Rec(GRU4Rec):
 
 class WrappedStepAdagradM(AdagradM):
     """AdagradM called through torch.optim's `step` wrapper (hooks, profiler record), as the official
-    code's optimiser is; main.train_epoch calls `update`."""
+    code's optimiser is; train_epoch calls `update`."""
 
     def step(self, closure=None):
         AdagradM.update(self)
@@ -117,11 +118,11 @@ class WrappedStepAdagradM(AdagradM):
 def prepared(data, config, device, model, fast, official=False, warmup=20):
     """train_epoch's arguments for `model` (None: the configured GRU4Rec), after `warmup` steps."""
     config = {**config, 'fast_step': fast}
-    run = main.training_setup(config, data, device, model)
+    run = training_setup(config, data, device, model)
     if official:
         run = (run[0], WrappedStepAdagradM(run[0].parameters(), lr=config['lr'], momentum=config['momentum'])) + run[2:]
     run = run + (config, device)
-    main.train_epoch(*run, max_steps=warmup)
+    train_epoch(*run, max_steps=warmup)
     return run
 
 
@@ -139,10 +140,10 @@ def train_speeds(data, config, device, steps, rounds):
 
 
 def epoch_speed(run, max_steps=None):
-    """events/s of main.train_epoch over `run` (train_epoch's arguments, the device last)."""
+    """events/s of train_epoch over `run` (train_epoch's arguments, the device last)."""
     sync(run[-1])
     start = time.perf_counter()
-    _, n_targets, _ = main.train_epoch(*run, max_steps=max_steps)
+    _, n_targets, _ = train_epoch(*run, max_steps=max_steps)
     sync(run[-1])
     return n_targets / (time.perf_counter() - start)
 
@@ -196,7 +197,7 @@ def full_scale(folder, device, steps):
     train = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
     test = SessionData(os.path.join(folder, 'rsc15_test.txt'), item_map=train.item_map)
     load = time.perf_counter() - start
-    config = {**main.DEFAULTS, **RSC15}
+    config = {**DEFAULTS, **RSC15}
     run = prepared(train, config, device, None, True, warmup=50)
     train_speed = epoch_speed(run, steps)
     eval_speed, bound = eval_speeds(run[0], subset(test, 100_000), device)
@@ -261,9 +262,9 @@ def official_epoch(module, frame, config, device):
 
 
 def our_epoch(data, config, device, fast):
-    """events/s of main.train_epoch over a whole first epoch of a fresh model (set-up excluded)."""
+    """events/s of train_epoch over a whole first epoch of a fresh model (set-up excluded)."""
     config = {**config, 'fast_step': fast}
-    return epoch_speed(main.training_setup(config, data, device) + (config, device))
+    return epoch_speed(training_setup(config, data, device) + (config, device))
 
 
 def official_comparison(module, path, settings, device, rounds):
@@ -273,7 +274,7 @@ def official_comparison(module, path, settings, device, rounds):
     data = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
     results = {}
     for setting in settings:
-        config = {**main.DEFAULTS, **SETTINGS[setting]}
+        config = {**DEFAULTS, **SETTINGS[setting]}
         speeds = alternating({'official': lambda: official_epoch(module, frame, config, device),
                               'fast': lambda: our_epoch(data, config, device, True),
                               'plain': lambda: our_epoch(data, config, device, False)}, rounds)
@@ -366,7 +367,7 @@ def run(argv=None):
             test = SessionData(os.path.join(path, 'rsc15_test.txt'), item_map=train.item_map)
             for device in devices:
                 for setting in settings:
-                    config = {**main.DEFAULTS, **SETTINGS[setting]}
+                    config = {**DEFAULTS, **SETTINGS[setting]}
                     n_steps = max(30, steps * 32 // config['batch_size'])
                     speeds, model = train_speeds(train, config, device, n_steps, rounds)
                     ratio = {k: statistics.median(f / o for f, o in zip(speeds['fast'], speeds[k]))

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
+from cli import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 
 START_MS = 1396310400000  # 2014-04-01T00:00:00Z
 FULL = dict(n_sessions=9_249_729, n_items=52_739, mean_length=3.568, days=183)

@@ -3,7 +3,7 @@
     python scripts/profile_train.py                          # rsc15_xe_shared_100 on the real sample
     python scripts/profile_train.py --n_sample 512 --steps 500 --params bprmax_shared
 
-Runs main.train_epoch (the loop main.py trains with) for `--steps` mini-batches after a warm-up, under
+Runs train_epoch (the loop main.py trains with) for `--steps` mini-batches after a warm-up, under
 torch.profiler, and prints the operators by self CPU time: microseconds per step, share of the step and
 calls per step, plus the wall time per step. Data: the real sample when ../shared has it, else the
 synthetic demo data. Findings are recorded in benchmarks/RESULTS.md.
@@ -20,9 +20,12 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from cli import run_cli, ArgumentParser  # noqa: E402
+from config import resolve_config  # noqa: E402
+from dataset import SessionData  # noqa: E402
 import main  # noqa: E402
-from dataset import ArgumentParser, SessionData, run_cli  # noqa: E402
 from scripts.reproduce import prepare_quick_data  # noqa: E402
+from training import train_epoch, training_setup  # noqa: E402
 
 
 def run(argv=None):
@@ -34,17 +37,17 @@ def run(argv=None):
     p.add_argument('--top', type=int, default=25)
     args = p.parse_args(argv)
     overrides = ['--n_sample', str(args.n_sample)] if args.n_sample is not None else []
-    config = main.resolve_config(main.parse_args(['--params', args.params, *overrides]))
+    config = resolve_config(main.parse_args(['--params', args.params, *overrides]))
     with tempfile.TemporaryDirectory(prefix='profile_') as folder:
         with contextlib.redirect_stdout(io.StringIO()):
             source = prepare_quick_data(folder)
         data = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
     torch.manual_seed(config['seed'])
-    run_state = main.training_setup(config, data, 'cpu')
-    main.train_epoch(*run_state, config, 'cpu', max_steps=args.warmup)
+    run_state = training_setup(config, data, 'cpu')
+    train_epoch(*run_state, config, 'cpu', max_steps=args.warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        _, targets, steps = main.train_epoch(*run_state, config, 'cpu', max_steps=args.steps)
+        _, targets, steps = train_epoch(*run_state, config, 'cpu', max_steps=args.steps)
         seconds = time.perf_counter() - start
     print(f'{args.params} (n_sample {config["n_sample"]}, batch {config["batch_size"]}, layers {config["layers"]}) '
           f'on {source}; {torch.get_num_threads()} threads')

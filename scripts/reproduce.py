@@ -23,9 +23,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints import write_json  # noqa: E402
+from cli import run_cli, write_atomically, ArgumentParser, InputError  # noqa: E402
 import main  # noqa: E402
 import preprocessing  # noqa: E402
-from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 from scripts.make_synthetic import DEMO, generate, write_raw  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'yoochoose-clicks-sample.dat')
@@ -160,7 +161,7 @@ def main_(argv=None):
     scratch.cleanup()
     text = table(results, runs, source, on_sample)
     write_text(os.path.join(out, 'table.md'), text)
-    main.write_json(os.path.join(out, 'results.json'), {'data': source, 'runs': dict(results)})
+    write_json(os.path.join(out, 'results.json'), {'data': source, 'runs': dict(results)})
     bar_chart(os.path.join(out, 'comparison.png'), results, runs, on_sample)
     print('\n' + text + f'\nwrote {out}/table.md, results.json, comparison.png')
 

@@ -41,8 +41,10 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from checkpoints import new_run_dir, write_json  # noqa: E402
+from cli import run_cli, write_atomically, ArgumentParser, InputError  # noqa: E402
+from config import DEFAULTS, MODELS, OFFICIAL_NAMES, OTHER_DEFAULTS, PRESETS  # noqa: E402
 import main  # noqa: E402
-from dataset import ArgumentParser, InputError, run_cli, write_atomically  # noqa: E402
 from scripts.reproduce import prepare_quick_data, write_text  # noqa: E402
 
 SPACES = {'xe': os.path.join(ROOT, 'scripts', 'paramspaces', 'gru4rec_xe.json'),
@@ -56,7 +58,7 @@ def read_space(path, model):
     """[{name, key, kind, low, high, step, log, choices}] from a space file; InputError naming the line."""
     if not os.path.isfile(path):
         raise InputError(f'--space {path}: no such file (or use xe / bprmax)')
-    known = set(main.DEFAULTS) if model == 'GRU4Rec' else set(main.OTHER_DEFAULTS[model])
+    known = set(DEFAULTS) if model == 'GRU4Rec' else set(OTHER_DEFAULTS[model])
     space = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -65,7 +67,7 @@ def read_space(path, model):
                 continue
             where = f'{path}, line {number}'
             param = _json_line(line, where) if line.startswith('{') else _hyper_line(line, where)
-            param['key'] = main.OFFICIAL_NAMES.get(param['name'], param['name']) if model == 'GRU4Rec' \
+            param['key'] = OFFICIAL_NAMES.get(param['name'], param['name']) if model == 'GRU4Rec' \
                 else param['name']
             if param['key'] not in known:
                 raise InputError(f'{where}: {model} has no parameter {param["name"]!r} '
@@ -173,7 +175,7 @@ def trial_argv(settings, space, params, train, valid):
         pairs = [f'{p["key"]}={params[p["name"]]}' for p in space]
         return argv + ['--params', ','.join(pairs)] + (['--n_epochs', str(settings['epochs'])]
                                                         if settings['epochs'] and 'n_epochs' in
-                                                        main.OTHER_DEFAULTS[settings['model']] else [])
+                                                        OTHER_DEFAULTS[settings['model']] else [])
     argv += ['--params', settings['base'], '--seed', str(settings['seed'])]
     if settings['epochs']:
         argv += ['--n_epochs', str(settings['epochs'])]
@@ -342,7 +344,7 @@ def search(settings, run_dir, n_trials):
               'params': params, 'valid': {key: float(best['value'])}, 'test': metrics,
               'checkpoint': os.path.relpath(checkpoint, ROOT), 'trials': len(rows), 'failed': len(rows) - len(done),
               'influence': {k: round(v, 4) for k, v in influence(space, done).items()}, 'settings': settings}
-    main.write_json(os.path.join(run_dir, 'best.json'), result)
+    write_json(os.path.join(run_dir, 'best.json'), result)
     plot_search(os.path.join(run_dir, 'search.png'), space, rows, key)
     print(f'test ({metrics["n_predictions"]:,} predictions): ' +
           '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k))
@@ -352,7 +354,7 @@ def search(settings, run_dir, n_trials):
 
 def main_(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--model', default='GRU4Rec', choices=main.MODELS)
+    p.add_argument('--model', default='GRU4Rec', choices=MODELS)
     p.add_argument('--space', help='xe, bprmax or a space file (default: xe for GRU4Rec)')
     p.add_argument('--trials', type=int, help='number of trials in all (default 20; 5 with --quick)')
     p.add_argument('--metric', default='mrr@20', help='mrr@K or recall@K on the validation split')
@@ -393,15 +395,15 @@ def main_(argv=None):
             except ImportError:
                 sampler = 'random'
         base = args.base or SPACE_BASE.get(space, 'rsc15_xe_shared_100')
-        if base not in main.PRESETS:
-            raise InputError(f'--base {base}: expected a preset ({", ".join(main.PRESETS)})')
+        if base not in PRESETS:
+            raise InputError(f'--base {base}: expected a preset ({", ".join(PRESETS)})')
         settings = dict(model=args.model, space=os.path.abspath(SPACES.get(space, space)), base=base,
                         metric=f'{kind}@{k}', data=os.path.abspath(args.data), epochs=args.epochs or
                         (1 if args.quick else None), sampler=sampler, seed=args.seed, quick=args.quick,
                         device=args.device, trials=args.trials or (5 if args.quick else 20))
         read_space(settings['space'], settings['model'])          # refuse bad input before any folder exists
         check_data(settings)
-        run_dir, n_trials = main.new_run_dir(args.tune_dir), settings['trials']
+        run_dir, n_trials = new_run_dir(args.tune_dir), settings['trials']
     write_text(os.path.join(run_dir, 'settings.json'), json.dumps(settings, indent=1) + '\n')
     if settings['quick']:
         with tempfile.TemporaryDirectory(prefix='tune_data_') as data:

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-import main
 from conftest import ROOT, run_command, synthetic_split, write_split
+import main
 
 GOOD_LINE = '1,2014-04-07T10:51:09.277Z,214536502,0\n'
 

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-import main
+from checkpoints import build_model
+from config import DEFAULTS
 from conftest import synthetic_split
-from dataset import SessionData
+from dataset import SessionData, SessionParallelIterator
 from model import GRU4Rec
 from scripts import bench_train
 
@@ -38,11 +39,11 @@ def test_official_style_stand_in_scores_like_gru4rec():
 
 def test_three_implementations_train_and_are_timed(split):
     train, test = split
-    config = {**main.DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
+    config = {**DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
     speeds, model = bench_train.train_speeds(train, config, 'cpu', steps=5, rounds=2)
     assert set(speeds) == {'fast', 'plain', 'official'}
     assert all(len(v) == 2 and min(v) > 0 for v in speeds.values())
-    assert not torch.equal(model.Y, main.build_model(config, len(train.item_map), 'cpu').Y)   # it trained
+    assert not torch.equal(model.Y, build_model(config, len(train.item_map), 'cpu').Y)   # it trained
     evaluated, bound = bench_train.eval_speeds(model, test, 'cpu')
     assert evaluated > 0 and bound > 0
 
@@ -74,7 +75,7 @@ def test_official_comparison_drives_the_official_code(tmp_path, split):
     DataFrame (and may pass a pandas Series to torch.tensor), and its own events/s line is read."""
     (tmp_path / 'gru4rec_pytorch.py').write_text(FAKE_OFFICIAL)
     module = bench_train.load_official(str(tmp_path))
-    config = {**main.DEFAULTS, **bench_train.SETTINGS['BPR-max (bprmax_shared)']}
+    config = {**DEFAULTS, **bench_train.SETTINGS['BPR-max (bprmax_shared)']}
     frame = pd.DataFrame({'SessionId': [1, 1, 2, 2], 'ItemId': [5, 7, 5, 9], 'Time': [1.0, 2.0, 3.0, 4.0]})
     assert bench_train.official_epoch(module, frame, config, 'cpu') == 1234.0
     kwargs = module.seen['kwargs']
@@ -85,19 +86,19 @@ def test_official_comparison_drives_the_official_code(tmp_path, split):
     assert kwargs['constrained_embedding'] and kwargs['embedding'] == 0
     assert module.seen['compatibility_mode'] is False
     assert torch.equal(module.seen['P0'], torch.tensor([2.0, 1.0, 1.0]))
-    xe = bench_train.official_settings({**main.DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048']})
+    xe = bench_train.official_settings({**DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048']})
     assert xe['loss'] == 'cross-entropy' and xe['logq'] == 1.0 and xe['elu_param'] == 0.0
 
 
 def test_our_epoch_takes_the_path_asked_for(split, monkeypatch):
     train, _ = split
-    config = {**main.DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
+    config = {**DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
     fast_steps = []
     train_step = GRU4Rec.train_step
     monkeypatch.setattr(GRU4Rec, 'train_step', lambda *a, **k: fast_steps.append(1) or train_step(*a, **k))
     assert bench_train.our_epoch(train, config, 'cpu', False) > 0 and not fast_steps
     assert bench_train.our_epoch(train, config, 'cpu', True) > 0
-    assert len(fast_steps) == main.SessionParallelIterator(train, 32).__len__()
+    assert len(fast_steps) == SessionParallelIterator(train, 32).__len__()
 
 
 def test_official_code_folder_must_hold_the_module(tmp_path):

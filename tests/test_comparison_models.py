@@ -3,12 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-import main
 from baselines import Pop
-from comparison_models import COMPARISON_MODELS, GRU4RecPlus, STAMP, drop_clicks
+from cli import InputError
+from comparison_models import COMPARISON_MODELS, STAMP, drop_clicks, GRU4RecPlus
+from config import resolve_baseline_config
 from conftest import synthetic_split, write_split
 from dataset import SessionData
 from evaluation import evaluate
+import main
 
 N = 30
 SMALL = {'NARM': dict(embedding_size=8, hidden_size=12), 'STAMP': dict(embedding_size=8),
@@ -113,12 +115,12 @@ def test_main_trains_and_reevaluates_a_comparison_model(tmp_path):
     assert state['model_name'] == 'NARM' and state['config']['max_seq_length'] == 5 and state['epoch'] == 1
     again = main.main(['--is_eval', '--load_model', path, '--data_folder', str(tmp_path), '--valid_data', 'rsc15_test.txt'])
     assert again['MRR@20'] == pytest.approx(metrics['MRR@20'])
-    narm = main.resolve_baseline_config(main.parse_args(['--model', 'NARM', '--params', 'dropout_probs=[0.1,0.3],n_layers=2']),
+    narm = resolve_baseline_config(main.parse_args(['--model', 'NARM', '--params', 'dropout_probs=[0.1,0.3],n_layers=2']),
                                         'NARM')
     assert narm['dropout_probs'] == [0.1, 0.3] and narm['n_layers'] == 2
-    with pytest.raises(main.InputError, match='loss_type must be CE or BPR'):
+    with pytest.raises(InputError, match='loss_type must be CE or BPR'):
         main.main(['--model', 'SASRec', '--loss_type', 'TOP1', '--data_folder', str(tmp_path)])
-    with pytest.raises(main.InputError, match='divisible by n_heads'):
+    with pytest.raises(InputError, match='divisible by n_heads'):
         main.main(['--model', 'SASRec', '--params', 'n_heads=3', '--data_folder', str(tmp_path)])
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from conftest import write_split
-from dataset import InputError, ItemMap, SessionData, SessionParallelIterator, session_schedule
+from cli import InputError
+from dataset import ItemMap, SessionData, SessionParallelIterator, session_schedule
 
 
 def hand_made(tmp_path):

@@ -6,14 +6,16 @@ import os
 import pytest
 import torch
 
-import main
-from dataset import SessionData
+from checkpoints import build_model
+from config import DEFAULTS, PRESETS
 from conftest import synthetic_split
+from dataset import SessionData
+from training import train_epoch, training_setup
 
 CASES = {
-    'rsc15 XE + logQ, shared': dict(main.PRESETS['rsc15_xe_shared_100'], layers=[32], n_sample=64),
+    'rsc15 XE + logQ, shared': dict(PRESETS['rsc15_xe_shared_100'], layers=[32], n_sample=64),
     'BPR-max, shared, two layers, input dropout': dict(
-        main.PRESETS['bprmax_shared'], layers=[24, 16], n_sample=50, dropout_input=0.3),
+        PRESETS['bprmax_shared'], layers=[24, 16], n_sample=50, dropout_input=0.3),
     'TOP1, separate embedding with input dropout, no samples': dict(
         loss_type='top1', final_act='tanh', constrained_embedding=False, embedding_dim=20, layers=[16],
         n_sample=0, dropout_input=0.2, dropout_hidden=0.2, lr=0.05, momentum=0.0),
@@ -35,14 +37,14 @@ def train_data(tmp_path_factory):
 
 
 def two_epochs(data, config, fast, calls):
-    config = {**main.DEFAULTS, **config, 'fast_step': fast}
+    config = {**DEFAULTS, **config, 'fast_step': fast}
     torch.manual_seed(config['seed'])
-    run = main.training_setup(config, data, 'cpu')
+    run = training_setup(config, data, 'cpu')
     model = run[0]
     for name in ('forward', 'train_step'):     # count which path really ran
         method = getattr(model, name)
         setattr(model, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
-    losses = [main.train_epoch(*run, config, 'cpu')[0] for _ in range(2)]
+    losses = [train_epoch(*run, config, 'cpu')[0] for _ in range(2)]
     return losses, model, run[1]
 
 
@@ -59,14 +61,14 @@ def test_fast_and_plain_steps_are_bit_identical(train_data, case):
     for a, b in zip(fast_opt.state_dict()['state'].values(), plain_opt.state_dict()['state'].values()):
         for key in a:
             assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
-    assert not torch.equal(fast.Y, main.build_model({**main.DEFAULTS, **CASES[case]}, len(train_data.item_map),
+    assert not torch.equal(fast.Y, build_model({**DEFAULTS, **CASES[case]}, len(train_data.item_map),
                                                     'cpu').Y)        # it did train
 
 
 def test_configurations_without_a_fast_step_use_the_plain_one(train_data):
     n = len(train_data.item_map)
-    onehot = main.build_model({**main.DEFAULTS, **main.PRESETS['iclr16_top1']}, n, 'cpu')
-    adam = main.build_model({**main.DEFAULTS, 'optimizer_type': 'Adam'}, n, 'cpu')
-    shared = main.build_model(main.DEFAULTS, n, 'cpu')
+    onehot = build_model({**DEFAULTS, **PRESETS['iclr16_top1']}, n, 'cpu')
+    adam = build_model({**DEFAULTS, 'optimizer_type': 'Adam'}, n, 'cpu')
+    shared = build_model(DEFAULTS, n, 'cpu')
     assert not onehot.has_fast_step and not adam.has_fast_step and shared.has_fast_step
     assert not shared.eval().has_fast_step

@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-import main
-import preprocessing
+from checkpoints import build_model
+from cli import InputError
+from config import DEFAULTS, PRESETS, resolve_config
 from conftest import ROOT, SAMPLE, needs_sample, run_command, write_split
-from dataset import InputError, SessionData, SessionParallelIterator
+from dataset import SessionData, SessionParallelIterator
+from loss import loss_function
+import main
+from model import SampleStore
+from optimizer import make_optimizer
+import preprocessing
 from scripts.make_synthetic import generate, write_raw
+from training import train_epoch
 
 SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--n_epochs', '2', '--dropout_hidden', '0.1']
 
@@ -31,7 +38,7 @@ def split(tmp_path_factory):
 
 
 def config_of(*argv):
-    return main.resolve_config(main.parse_args(list(argv)))
+    return resolve_config(main.parse_args(list(argv)))
 
 
 # ---------------------------------------------------------------- configuration
@@ -41,7 +48,7 @@ def test_loss_alone_brings_its_published_settings():
     assert top1['loss_type'] == 'top1' and top1['final_act'] == 'tanh'
     assert top1['batch_size'] == 50 and top1['n_sample'] == 0 and top1['constrained_embedding'] is False
     xe = config_of()
-    assert xe == {**main.DEFAULTS, **main.PRESETS['rsc15_xe_shared_100']}
+    assert xe == {**DEFAULTS, **PRESETS['rsc15_xe_shared_100']}
     bprmax = config_of('--loss_type', 'BPR-max', '--lr', '0.07')
     assert bprmax['final_act'] == 'elu-0.5' and bprmax['layers'] == [224] and bprmax['lr'] == 0.07
     assert config_of('--loss_type', 'CrossEntropy')['final_act'] == 'softmax'
@@ -109,14 +116,14 @@ class Spy(torch.nn.Module):
 def test_hidden_state_is_zero_exactly_at_each_new_session(tmp_path):
     rows = [(1, 'a', 1), (1, 'b', 2), (1, 'c', 3), (2, 'd', 4), (2, 'e', 5), (3, 'f', 6), (3, 'g', 7), (3, 'a', 8)]
     data = SessionData(write_split(tmp_path / 'train.txt', rows))
-    config = dict(main.DEFAULTS, layers=[5, 3], batch_size=1, n_sample=4, logq=1.0, n_epochs=1)
-    spy = Spy(main.build_model(config, len(data.item_map), 'cpu'))
-    optimizer = main.make_optimizer('AdagradM', spy.model.parameters(), 0.1, 0.2)
-    sampler = main.SampleStore(data.item_support(), 4, 0.5, 100, seed=0)
-    loss_fn = main.loss_function('cross-entropy', 'softmax', 1)
+    config = dict(DEFAULTS, layers=[5, 3], batch_size=1, n_sample=4, logq=1.0, n_epochs=1)
+    spy = Spy(build_model(config, len(data.item_map), 'cpu'))
+    optimizer = make_optimizer('AdagradM', spy.model.parameters(), 0.1, 0.2)
+    sampler = SampleStore(data.item_support(), 4, 0.5, 100, seed=0)
+    loss_fn = loss_function('cross-entropy', 'softmax', 1)
     log_support = torch.log(torch.from_numpy(data.item_support()).float())
     iterator = SessionParallelIterator(data, 1)
-    loss, n_targets, n_steps = main.train_epoch(spy, optimizer, loss_fn, iterator, sampler,
+    loss, n_targets, n_steps = train_epoch(spy, optimizer, loss_fn, iterator, sampler,
                                                 (log_support, 0.5 * log_support), config, 'cpu')
     assert n_targets == n_steps == 5 == sum(len(s) - 1 for s in ([1, 2, 3], [4, 5], [6, 7, 8]))
     first_input = [True, False, True, True, False]    # one slot: sessions 1, 2, 3 in turn
@@ -129,11 +136,11 @@ def test_hidden_state_is_zero_exactly_at_each_new_session(tmp_path):
 def test_zero_samples_stop_when_fewer_than_two_slots_remain(tmp_path):
     rows = [(1, 'a', 1), (1, 'b', 2), (2, 'c', 3), (2, 'd', 4), (2, 'a', 5), (2, 'b', 6)]
     data = SessionData(write_split(tmp_path / 'train.txt', rows))
-    config = dict(main.DEFAULTS, layers=[4], batch_size=2, n_sample=0)
-    model = main.build_model(config, len(data.item_map), 'cpu')
+    config = dict(DEFAULTS, layers=[4], batch_size=2, n_sample=0)
+    model = build_model(config, len(data.item_map), 'cpu')
 
-    _, n_targets, n_steps = main.train_epoch(model, main.make_optimizer('AdagradM', model.parameters(), 0.1),
-                                             main.loss_function('top1', 'tanh', 2), SessionParallelIterator(data, 2),
+    _, n_targets, n_steps = train_epoch(model, make_optimizer('AdagradM', model.parameters(), 0.1),
+                                             loss_function('top1', 'tanh', 2), SessionParallelIterator(data, 2),
                                              None, None, config, 'cpu')
     assert (n_targets, n_steps) == (2, 1)              # spec B2.6: one slot left and no samples -> epoch ends
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-import main
+from cli import InputError
 from conftest import run_command, synthetic_split
-from dataset import InputError
+import main
 from scripts import tune
 
 

@@ -1,0 +1,122 @@
+"""Checkpoints and run folders: building a model from its configuration, saving and loading the checkpoint
+format every model shares, and the files of a run folder (config.json, results.json, curves.png).
+
+A checkpoint `checkpoint/<run>/model_{epoch:05d}.pt` is written atomically and loads with
+`torch.load(weights_only=True)`: weights, configuration, item map, optimiser and sampler state, the RNG
+state, the epoch, its loss and validation metrics, and the run's history so far.
+"""
+import json
+import os
+import time
+
+import torch
+
+from cli import InputError, write_atomically
+from config import OTHER_MODELS
+from dataset import ItemMap
+from model import GRU4Rec
+from optimizer import SPARSE_OK
+
+CHECKPOINT_FORMAT = 'gru4rec-reproduction-checkpoint'
+CHECKPOINT_VERSION = 1
+
+
+def build_model(config, n_items, device):
+    name = config.get('model', 'GRU4Rec')
+    if name != 'GRU4Rec':
+        return OTHER_MODELS[name](n_items, **{k: v for k, v in config.items() if k != 'model'}).to(device)
+    return GRU4Rec(n_items, layers=config['layers'], embedding=config['embedding_dim'],
+                   constrained_embedding=config['constrained_embedding'],
+                   dropout_p_embed=config['dropout_input'], dropout_p_hidden=config['dropout_hidden'],
+                   seed=config['seed'], sparse=config['optimizer_type'] in SPARSE_OK).to(device)
+
+
+def new_run_dir(root):
+    stamp = time.strftime('%m%d%H%M')
+    for attempt in range(1, 1000):
+        path = os.path.join(root, stamp if attempt == 1 else f'{stamp}_{attempt}')
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise InputError(f'--checkpoint_dir {root}: cannot create a run folder ({err.strerror})') from None
+    raise InputError(f'--checkpoint_dir {root}: too many runs named {stamp}_*')
+
+
+def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None):
+    state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model_name': config.get('model', 'GRU4Rec'),
+             'model': model.state_dict(), 'config': config, 'item_ids': item_map.to_list(),
+             'optimizer': optimizer.state_dict() if optimizer is not None else None,
+             'sampler': sampler.state_dict() if sampler is not None else None, 'epoch': epoch, 'loss': loss,
+             'metrics': metrics, 'history': history, 'rng': torch.get_rng_state(),
+             'cuda_rng': torch.cuda.get_rng_state() if any(t.is_cuda for t in model.state_dict().values()) else None}
+    write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
+
+
+def write_json(path, value):
+    def write(tmp):
+        with open(tmp[path], 'w') as f:
+            json.dump(value, f, indent=1)
+    write_atomically([path], write)
+
+
+def load_checkpoint(path, device, expected_model=None):
+    """(model, config, item map, raw checkpoint dict); InputError for anything that is not ours or is damaged,
+    or that holds another model than `expected_model` (when given)."""
+    if not os.path.isfile(path):
+        raise InputError(f'--load_model {path}: no such file')
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:                          # truncated zip, foreign pickle, not a torch file at all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f'--load_model {path}: not a readable checkpoint (truncated or not saved by '
+                         f'main.py: {first[:120]})') from None
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+        raise InputError(f'--load_model {path}: not a checkpoint of this project (saved by main.py)')
+    if state.get('version') != CHECKPOINT_VERSION:
+        raise InputError(f'--load_model {path}: checkpoint version {state.get("version")}, '
+                         f'this code reads {CHECKPOINT_VERSION}')
+    config, item_map = state['config'], ItemMap(state['item_ids'])
+    name = state.get('model_name', 'GRU4Rec')
+    if expected_model is not None and name != expected_model:
+        raise InputError(f'--load_model {path}: holds a {name} model, not {expected_model} (--model)')
+    model = build_model(dict(config, model=name), len(item_map), device)
+    try:
+        model.load_state_dict(state['model'])
+    except RuntimeError as err:
+        raise InputError(f'--load_model {path}: weights do not match the saved configuration '
+                         f'({str(err).splitlines()[0]})') from None
+    return model, config, item_map, state
+
+
+def write_curves(path, history, title):
+    """curves.png: training loss per epoch and, when evaluated, Recall@K and MRR@K per epoch (headless)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    epochs = [h['epoch'] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    losses = [h['loss'] for h in history]
+    if any(v is not None for v in losses):
+        left.plot(epochs, [float('nan') if v is None else v for v in losses], marker='o')
+    else:
+        left.text(0.5, 0.5, 'no training loss (fitted in one pass)', ha='center', va='center')
+    left.set(title='training loss', xlabel='epoch')
+    evaluated = [h for h in history if h['metrics']]
+    if evaluated:
+        keys = [k for k in evaluated[-1]['metrics'] if '@' in k and k != 'MRR@1']   # MRR@1 = Recall@1
+        cutoffs = sorted({int(k.split('@')[1]) for k in keys})
+        for key in keys:
+            right.plot([h['epoch'] for h in evaluated], [h['metrics'][key] for h in evaluated], marker='o',
+                       color=f'C{cutoffs.index(int(key.split("@")[1]))}',
+                       linestyle='-' if key.startswith('Recall') else '--', label=key)
+        right.legend(fontsize=7, ncol=2)
+    else:
+        right.text(0.5, 0.5, 'not evaluated (no --valid_data)', ha='center', va='center')
+    right.set(title='Recall@K and MRR@K', xlabel='epoch')
+    fig.suptitle(title)
+    fig.tight_layout()
+    write_atomically([path], lambda tmp: fig.savefig(tmp[path], format='png', dpi=90))
+    plt.close(fig)
