@@ -117,8 +117,11 @@ def _translate(spec, raw):
                                       else str(value).replace(';', '/').split('/'))]
         params[name] = value
     loss = canonical_loss(str(params.get('loss_type', DEFAULTS['loss_type'])))
-    if elu is not None and 'final_act' not in params and loss in ('bpr-max', 'top1-max'):
-        params['final_act'] = f'elu-{float(elu):g}' if float(elu) > 0 else 'linear'
+    if 'final_act' not in params:     # naming a loss brings its activation (official: elu_param, default 0.5)
+        if elu is not None and loss in ('bpr-max', 'top1-max'):
+            params['final_act'] = f'elu-{float(elu):g}' if float(elu) > 0 else 'linear'
+        elif 'loss_type' in params:
+            params['final_act'] = DEFAULT_ACTIVATION[loss]
     return params
 
 

@@ -47,12 +47,95 @@ def test_loss_alone_brings_its_published_settings():
     top1 = config_of('--loss_type', 'TOP1')
     assert top1['loss_type'] == 'top1' and top1['final_act'] == 'tanh'
     assert top1['batch_size'] == 50 and top1['n_sample'] == 0 and top1['constrained_embedding'] is False
+    # the official paramfile rsc15_xe_shared_100_best.py, value by value (not the code's own PRESETS table)
     xe = config_of()
-    assert xe == {**DEFAULTS, **PRESETS['rsc15_xe_shared_100']}
-    bprmax = config_of('--loss_type', 'BPR-max', '--lr', '0.07')
-    assert bprmax['final_act'] == 'elu-0.5' and bprmax['layers'] == [224] and bprmax['lr'] == 0.07
+    assert (xe['loss_type'], xe['final_act'], xe['constrained_embedding'], xe['embedding_dim'], xe['layers'],
+            xe['batch_size'], xe['dropout_input'], xe['dropout_hidden'], xe['lr'], xe['momentum'], xe['n_sample'],
+            xe['sample_alpha'], xe['bpreg'], xe['logq'], xe['n_epochs']) == (
+        'cross-entropy', 'softmax', True, 0, [100], 32, 0.0, 0.4, 0.2, 0.2, 2048, 0.5, 0.0, 1.0, 10)
+    assert (xe['optimizer_type'], xe['seed'], xe['sample_store']) == ('AdagradM', 42, 10_000_000)
+    # issue #3's BPR-max settings: elu-0.5, bpreg 1.95, 224 units, B 80, drop 0.5 / 0.05, lr 0.05, mom 0.4, alpha 0.4
+    bprmax = config_of('--loss_type', 'BPR-max')
+    assert (bprmax['final_act'], bprmax['bpreg'], bprmax['layers'], bprmax['batch_size'], bprmax['dropout_input'],
+            bprmax['dropout_hidden'], bprmax['lr'], bprmax['momentum'], bprmax['n_sample'], bprmax['sample_alpha'],
+            bprmax['logq'], bprmax['constrained_embedding']) == (
+        'elu-0.5', 1.95, [224], 80, 0.5, 0.05, 0.05, 0.4, 2048, 0.4, 0.0, True)
+    assert config_of('--loss_type', 'BPR-max', '--lr', '0.07')['lr'] == 0.07
+    # ICLR'16 Table 2: 100 units, one-hot input, no extra samples
+    for preset, expected in (('iclr16_top1', ('top1', 'tanh', 50, 0.5, 0.01, 0.0)),
+                             ('iclr16_bpr', ('bpr', 'tanh', 50, 0.2, 0.05, 0.2)),
+                             ('iclr16_xe', ('cross-entropy', 'softmax', 500, 0.0, 0.01, 0.0))):
+        c = config_of('--params', preset)
+        assert (c['loss_type'], c['final_act'], c['batch_size'], c['dropout_hidden'], c['lr'], c['momentum']) == expected
+        assert (c['layers'], c['n_sample'], c['constrained_embedding'], c['embedding_dim']) == ([100], 0, False, 0)
     assert config_of('--loss_type', 'CrossEntropy')['final_act'] == 'softmax'
     assert config_of('--loss_type', 'TOP1-max')['final_act'] == 'elu-0.5'      # elu suits TOP1-max too
+
+
+def write_params(tmp_path, route, params):
+    """The same parameters as a key=value string, a JSON file or an official paramfile."""
+    if route == 'key=value':
+        return ','.join(f'{k}={v}' for k, v in params.items())
+    if route == 'json':
+        path = tmp_path / 'params.json'
+        path.write_text(json.dumps(params))
+    else:
+        path = tmp_path / 'paramfile.py'
+        path.write_text('from collections import OrderedDict\ngru4rec_params = OrderedDict([' +
+                        ', '.join(f'({k!r}, {v!r})' for k, v in params.items()) + '])\n')
+    return str(path)
+
+
+@pytest.mark.parametrize('route', ['key=value', 'json', 'paramfile'])
+def test_every_way_of_naming_a_loss_brings_its_activation(tmp_path, route):
+    cases = [({'loss': 'bpr-max', 'layers': 224, 'learning_rate': 0.05}, 'elu-0.5'),   # the README example
+             ({'loss': 'bpr-max', 'elu_param': 1}, 'elu-1'), ({'loss': 'bpr-max', 'elu_param': 0}, 'linear'),
+             ({'loss': 'top1-max', 'elu_param': 0.5}, 'elu-0.5'), ({'loss': 'top1'}, 'tanh'),
+             ({'loss': 'bpr'}, 'tanh'), ({'loss': 'TOP1-max'}, 'linear'), ({'loss': 'xe_logit'}, 'softmax_logit'),
+             ({'loss': 'cross-entropy', 'elu_param': 0}, 'softmax'),          # PT's XE paramfile says elu_param 0
+             ({'loss': 'bpr-max', 'final_act': 'tanh', 'elu_param': 1}, 'tanh'),  # a named activation stays
+             ({'layers': 64}, 'softmax')]
+    for params, activation in cases:
+        c = config_of('--params', write_params(tmp_path, route, params))
+        assert c['final_act'] == activation, params
+    c = config_of('--params', write_params(tmp_path, route, {'loss': 'bpr-max'}), '--final_act', 'linear')
+    assert c['final_act'] == 'linear'                                     # the flag wins
+    c = config_of('--params', write_params(tmp_path, route, {'loss': 'bpr-max'}), '--loss_type', 'CE')
+    assert (c['loss_type'], c['final_act']) == ('cross-entropy', 'softmax')
+    c = config_of('--params', write_params(tmp_path, route, {'loss': 'top1', 'layers': '100/100',
+                                                             'optimizer': 'Adam'}))
+    assert c['layers'] == [100, 100] and c['optimizer_type'] == 'Adam'
+
+
+def test_flag_and_preset_name_the_loss_and_bring_its_activation():
+    for flag, activation in (('TOP1', 'tanh'), ('BPR', 'tanh'), ('BPR-max', 'elu-0.5'), ('xe_logit', 'softmax_logit'),
+                             ('CE', 'softmax')):
+        assert config_of('--loss_type', flag)['final_act'] == activation
+        assert config_of('--params', 'rsc15_xe_shared_100', '--loss_type', flag)['final_act'] == activation
+    assert config_of('--params', 'iclr16_top1', '--loss_type', 'BPR')['final_act'] == 'tanh'   # tanh suits BPR: kept
+    assert config_of('--params', 'bprmax_shared', '--loss_type', 'TOP1')['final_act'] == 'tanh'
+
+
+def test_readme_params_example_trains(tmp_path):
+    """README: python3 main.py --params "loss=bpr-max,layers=224,learning_rate=0.05" --n_epochs 5 (one epoch of
+    a small file here)."""
+    train = write_split(tmp_path / 'train.txt', [(s, f'i{(s + k) % 9}', 10 * s + k) for s in range(40) for k in range(3)])
+    path, _ = main.main(['--params', 'loss=bpr-max,layers=224,learning_rate=0.05', '--n_epochs', '1',
+                         '--n_sample', '32', '--train_data', train, '--checkpoint_dir', str(tmp_path)])
+    config = torch.load(path, weights_only=True)['config']
+    assert (config['loss_type'], config['final_act'], config['layers'], config['lr']) == ('bpr-max', 'elu-0.5', [224], 0.05)
+
+
+def test_config_precedence_of_the_port_style_flags():
+    assert config_of('--hidden_size', '64')['layers'] == [64]
+    assert config_of('--num_layers', '3')['layers'] == [100, 100, 100]
+    assert config_of('--hidden_size', '40', '--num_layers', '2')['layers'] == [40, 40]
+    assert config_of('--layers', '30', '20', '--hidden_size', '64', '--num_layers', '3')['layers'] == [30, 20]
+    assert config_of('--params', 'loss=bpr-max,layers=50/60', '--num_layers', '3')['layers'] == [50, 50, 50]
+    c = config_of('--embedding_dim', '64', '--constrained_embedding')
+    assert c['constrained_embedding'] is True and c['embedding_dim'] == 64
+    c = config_of('--embedding_dim', '64', '--no-constrained_embedding')
+    assert c['constrained_embedding'] is False and c['embedding_dim'] == 64
 
 
 def test_flags_override_params_and_port_style_flags():
