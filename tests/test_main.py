@@ -132,6 +132,7 @@ def test_config_precedence_of_the_port_style_flags():
     assert config_of('--hidden_size', '40', '--num_layers', '2')['layers'] == [40, 40]
     assert config_of('--layers', '30', '20', '--hidden_size', '64', '--num_layers', '3')['layers'] == [30, 20]
     assert config_of('--params', 'loss=bpr-max,layers=50/60', '--num_layers', '3')['layers'] == [50, 50, 50]
+    assert config_of('--params', 'loss=bpr-max,layers=50/60', '--hidden_size', '30')['layers'] == [30, 30]
     c = config_of('--embedding_dim', '64', '--constrained_embedding')
     assert c['constrained_embedding'] is True and c['embedding_dim'] == 64
     c = config_of('--embedding_dim', '64', '--no-constrained_embedding')
