@@ -5,13 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from model import GRU4Rec, lookup
+from model import GRU4Rec, dropout_noise, lookup
 
 N = 30
 
 
 def sig(x):
     return 1 / (1 + torch.exp(-x))
+
+
+def near_bound(block, bound):
+    """Drawn from U(+-bound): every value within it and the largest magnitude close to it (n draws fall short
+    of (1 - 5/n) * bound with probability (1 - 5/n)^n < e^-5)."""
+    top = block.abs().max().item()
+    return top <= bound and top > (1 - 5 / block.numel()) * bound
 
 
 def test_initialisation_per_gate_bounds_zero_biases_and_seed():
@@ -23,17 +30,33 @@ def test_initialisation_per_gate_bounds_zero_biases_and_seed():
         if 'weight' in name or name == 'Y':
             assert not torch.equal(p, r), name
     assert torch.all(model.By == 0)
-    assert torch.all(model.Wy.abs() <= math.sqrt(6 / (N + 6)))
-    assert model.Wy.abs().max() > 0.9 * math.sqrt(6 / (N + 6))
+    assert near_bound(model.Wy, math.sqrt(6 / (N + 6)))
     first, second = model.cells
     assert first.weight_ih.shape == (24, 6)          # shared mode: the first layer reads W_y rows (width 6)
     for cell, fan_in, size in ((first, 6, 8), (second, 8, 6)):
         for block in cell.weight_ih.split(size):       # each gate block has its own bound (spec B8.2)
-            bound = math.sqrt(6 / (fan_in + size))
-            assert block.abs().max() <= bound and block.abs().max() > 0.8 * bound
+            assert near_bound(block, math.sqrt(6 / (fan_in + size)))
         for block in cell.weight_hh.split(size):
-            assert block.abs().max() <= math.sqrt(6 / (2 * size))
+            assert near_bound(block, math.sqrt(6 / (2 * size)))
         assert torch.all(cell.bias_ih == 0) and torch.all(cell.bias_hh == 0)
+
+
+def test_initialisation_of_the_item_tables_and_the_onehot_layer():
+    n = 400                                           # a bound that differs clearly from the GRU blocks' ones
+    separate = GRU4Rec(n, layers=[20], constrained_embedding=False, embedding=12)
+    assert near_bound(separate.E, math.sqrt(6 / (n + 12)))
+    assert near_bound(separate.Wy, math.sqrt(6 / (n + 20)))
+    for block in separate.cells[0].weight_ih.split(20):
+        assert near_bound(block, math.sqrt(6 / (12 + 20)))
+    none = GRU4Rec(n, layers=[20, 10], constrained_embedding=False, embedding=0)
+    for block in none.Wx0.split(20, dim=1):         # reset, update, candidate: U(+-sqrt(6 / (N + L))) each
+        assert near_bound(block, math.sqrt(6 / (n + 20)))
+    for block in none.U0.split(20, dim=1):
+        assert near_bound(block, math.sqrt(6 / (20 + 20)))
+    assert torch.all(none.Bx0 == 0)
+    for block in none.cells[0].weight_ih.split(10):
+        assert near_bound(block, math.sqrt(6 / (20 + 10)))
+    assert near_bound(none.Wy, math.sqrt(6 / (n + 10)))
 
 
 def test_modes_have_the_right_tables():
@@ -53,6 +76,20 @@ def test_shared_mode_step_is_a_grucell_on_the_output_row():
     new = model.hidden_step(inputs, [h])
     expected = model.cells[0](model.Wy[inputs], h)
     assert torch.allclose(new[0], expected)
+
+
+def test_separate_mode_step_is_a_grucell_on_the_embedding_row():
+    model = GRU4Rec(N, layers=[6, 5], constrained_embedding=False, embedding=7).eval()
+    with torch.no_grad():
+        for cell in model.cells:
+            cell.bias_ih.uniform_(-0.5, 0.5)
+            cell.bias_hh.uniform_(-0.5, 0.5)
+    inputs = torch.tensor([3, 3, 17])
+    h = [torch.randn(3, 6), torch.randn(3, 5)]
+    new = model.hidden_step(inputs, h)
+    first = model.cells[0](model.E[inputs], h[0])
+    assert torch.allclose(new[0], first, atol=1e-6)
+    assert torch.allclose(new[1], model.cells[1](first, h[1]), atol=1e-6)
 
 
 def test_onehot_first_layer_follows_the_single_bias_gru_formula():
@@ -85,32 +122,63 @@ def test_scores_of_candidates_and_of_all_items():
     assert torch.allclose(model.score_all(top)[:, candidates], scores, atol=1e-6)
 
 
+P = 0.2     # not 0.5, where 1/(1-p) = 1/p and the kept share equals the dropped one
+
+
+def test_dropout_noise_keeps_1_minus_p_scaled_by_1_over_1_minus_p():
+    torch.manual_seed(0)
+    noise = dropout_noise(torch.zeros(200, 500), P)
+    assert abs((noise == 0).float().mean().item() - P) < 0.01
+    assert torch.all((noise == 0) | (noise == 1 / (1 - P)))
+    assert dropout_noise(torch.zeros(3), 0.0) is None
+
+
 def test_hidden_dropout_is_the_stored_state_and_off_in_eval():
     torch.manual_seed(0)
-    model = GRU4Rec(N, layers=[200], dropout_p_hidden=0.5, dropout_p_embed=0.0)
+    model = GRU4Rec(N, layers=[200], dropout_p_hidden=P, dropout_p_embed=0.0)
     inputs = torch.arange(20)
-    h = [torch.zeros(20, 200)]
+    h = [torch.randn(20, 200)]
     _, new = model(inputs, h, torch.arange(N))
     zero_share = (new[0] == 0).float().mean().item()
-    assert 0.4 < zero_share < 0.6                       # the state itself carries the dropout mask
+    assert abs(zero_share - P) < 0.03                  # the state itself carries the dropout mask
     model.eval()
     undropped = model.hidden_step(inputs, h)[0]
     kept = new[0] != 0
-    assert torch.allclose(new[0][kept], undropped[kept] / 0.5, atol=1e-6)   # inverted dropout scaling
-    assert torch.equal(model.hidden_step(inputs, h)[0], undropped)          # eval: deterministic
+    assert torch.allclose(new[0][kept], undropped[kept] / (1 - P), atol=1e-6)   # inverted dropout scaling
+    assert torch.equal(model.hidden_step(inputs, h)[0], undropped)              # eval: deterministic
+
+
+def test_input_dropout_of_the_embedding_modes(monkeypatch):
+    import model as model_module
+    seen = []
+    real_cell = model_module.gru_cell
+    monkeypatch.setattr(model_module, 'gru_cell', lambda cell, x, h: seen.append(x) or real_cell(cell, x, h))
+    torch.manual_seed(2)
+    for shared in (True, False):
+        seen.clear()
+        model = GRU4Rec(N, layers=[50], constrained_embedding=shared, embedding=50, dropout_p_embed=P)
+        inputs = torch.randint(0, N, (400,))
+        model.hidden_step(inputs, model.init_hidden(400))
+        clean = (model.Wy if shared else model.E)[inputs].detach()
+        dropped = seen[0].detach()                      # what the first GRU layer reads
+        zero = dropped == 0
+        assert abs(zero.float().mean().item() - P) < 0.02
+        assert torch.allclose(dropped[~zero], clean[~zero] / (1 - P), atol=1e-6)
 
 
 def test_onehot_input_dropout_drops_whole_rows():
     torch.manual_seed(1)
-    model = GRU4Rec(N, layers=[3], constrained_embedding=False, dropout_p_embed=0.5)
+    model = GRU4Rec(N, layers=[3], constrained_embedding=False, dropout_p_embed=P)
     with torch.no_grad():
         model.Bx0.zero_()
-    h = [torch.zeros(400, 3)]
-    out = model.hidden_step(torch.full((400,), 4), h)[0]
+    h = [torch.zeros(2000, 3)]
+    out = model.hidden_step(torch.full((2000,), 4), h)[0]
     dropped = (out == 0).all(dim=1)                     # zero input row and zero state -> zero output
-    assert 0.4 < dropped.float().mean().item() < 0.6
-    eval_out = model.eval().hidden_step(torch.full((1,), 4), [torch.zeros(1, 3)])[0]
-    assert not torch.allclose(out[~dropped][0], eval_out[0])   # kept rows are scaled by 1/(1-p)
+    assert abs(dropped.float().mean().item() - P) < 0.03
+    a = model.Wx0[4].detach() / (1 - P)                 # a kept row is scaled by 1/(1-p): h = z * tanh(a_h)
+    z = torch.sigmoid(a[3:6])
+    expected = z * torch.tanh(a[6:])
+    assert torch.allclose(out[~dropped], expected.expand(int((~dropped).sum()), 3), atol=1e-6)
 
 
 def test_lookup_gradient_is_coalesced_and_equals_the_dense_one():
