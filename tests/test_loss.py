@@ -24,8 +24,19 @@ def ref_softmax_row(row, exclude=None):
     return [0.0 if c == exclude else math.exp(row[c] - m) / z for c in range(len(row))]
 
 
-def reference(name, x, batch_size, bpreg=1.0):
+def activate(v, activation):
+    """The final activations element by element."""
+    if activation.startswith('elu-'):
+        a = float(activation[4:])
+        return v if v > 0 else a * (math.exp(v) - 1)
+    if activation == 'tanh':
+        return math.tanh(v)
+    return v                                           # linear; the softmaxes live inside their losses
+
+
+def reference(name, x, batch_size, bpreg=1.0, activation='linear'):
     """Spec B7 written out element by element in plain Python floats."""
+    x = [[activate(v, activation) for v in row] for row in x]
     total = 0.0
     for a, row in enumerate(x):
         n, t = len(row), row[a]
@@ -48,20 +59,21 @@ def reference(name, x, batch_size, bpreg=1.0):
     return total / batch_size
 
 
-def numeric_gradient(name, x, batch_size, bpreg=1.0, h=1e-6):
+def numeric_gradient(name, x, batch_size, bpreg=1.0, activation='linear', h=1e-6):
     grad = torch.zeros_like(x)
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
             up, down = x.clone(), x.clone()
             up[i, j] += h
             down[i, j] -= h
-            grad[i, j] = (reference(name, up.tolist(), batch_size, bpreg)
-                          - reference(name, down.tolist(), batch_size, bpreg)) / (2 * h)
+            grad[i, j] = (reference(name, up.tolist(), batch_size, bpreg, activation)
+                          - reference(name, down.tolist(), batch_size, bpreg, activation)) / (2 * h)
     return grad
 
 
 CASES = [('cross-entropy', 'softmax'), ('xe_logit', 'softmax_logit'), ('bpr', 'linear'), ('top1', 'linear'),
-         ('top1-max', 'linear'), ('bpr-max', 'linear')]
+         ('top1-max', 'linear'), ('bpr-max', 'linear'),
+         ('bpr-max', 'elu-0.5'), ('bpr-max', 'elu-1'), ('top1', 'tanh'), ('bpr', 'tanh')]    # the presets' pairings
 
 
 @pytest.mark.parametrize('name,activation', CASES)
@@ -71,9 +83,10 @@ def test_loss_and_gradient_match_the_reference(name, activation, shape):
     x = (torch.randn(*shape, dtype=DOUBLE) * 2).requires_grad_()
     batch_size = 7
     value = loss.gru4rec_loss(x, name, activation, batch_size, bpreg=0.6)
-    assert value.item() == pytest.approx(reference(name, x.tolist(), batch_size, 0.6), rel=1e-9, abs=1e-12)
+    assert value.item() == pytest.approx(reference(name, x.tolist(), batch_size, 0.6, activation), rel=1e-9, abs=1e-12)
     value.backward()
-    torch.testing.assert_close(x.grad, numeric_gradient(name, x.detach(), batch_size, 0.6), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(x.grad, numeric_gradient(name, x.detach(), batch_size, 0.6, activation),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_edge_cases():
