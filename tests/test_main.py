@@ -2,6 +2,7 @@
 and bad input. Runs on a small synthetic split made by the project's own generator."""
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from model import SampleStore
 from optimizer import make_optimizer
 import preprocessing
 from scripts.make_synthetic import generate, write_raw
-from training import train_epoch
+from training import train_epoch, training_setup
 
 SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--n_epochs', '2', '--dropout_hidden', '0.1']
 
@@ -183,38 +184,61 @@ def test_bad_configuration_is_one_clear_error(argv, message):
 # ---------------------------------------------------------------- the training loop
 
 class Spy(torch.nn.Module):
-    """Wraps a model and records the hidden state each training step receives."""
+    """Wraps a model and records what each training step receives and returns."""
 
     def __init__(self, model):
         super().__init__()
         self.model, self.seen = model, []
 
     def forward(self, inputs, hidden, candidates):
-        self.seen.append((inputs.clone(), [h.detach().clone() for h in hidden], len(candidates)))
-        return self.model(inputs, hidden, candidates)
+        scores, new = self.model(inputs, hidden, candidates)
+        self.seen.append((inputs.clone(), [h.detach().clone() for h in hidden], candidates.clone(),
+                          scores.detach().clone(), [h.detach().clone() for h in new]))
+        return scores, new
 
     def init_hidden(self, *args):
         return self.model.init_hidden(*args)
 
 
-def test_hidden_state_is_zero_exactly_at_each_new_session(tmp_path):
-    rows = [(1, 'a', 1), (1, 'b', 2), (1, 'c', 3), (2, 'd', 4), (2, 'e', 5), (3, 'f', 6), (3, 'g', 7), (3, 'a', 8)]
+# sessions of different lengths, oldest first; every (click, next click) pair occurs once, so a step's row
+# tells which session and position it is; supports a 5, b 3, c 4, d 4, e 2
+SESSIONS = ['abcd', 'ba', 'cad', 'dcbea', 'ed', 'ac']
+
+
+def test_hidden_state_zero_at_each_new_session_carried_otherwise_and_logq_subtracted(tmp_path):
+    rows = [(s, item, 10 * s + t) for s, session in enumerate(SESSIONS) for t, item in enumerate(session)]
     data = SessionData(write_split(tmp_path / 'train.txt', rows))
-    config = dict(DEFAULTS, layers=[5, 3], batch_size=1, n_sample=4, logq=1.0, n_epochs=1)
+    where = {(a, b): (s, t) for s, session in enumerate(SESSIONS) for t, (a, b) in enumerate(zip(session, session[1:]))}
+    assert len(where) == sum(len(s) - 1 for s in SESSIONS)
+    names = data.item_map.to_list()
+    support = {'a': 5, 'b': 3, 'c': 4, 'd': 4, 'e': 2}
+    config = dict(DEFAULTS, layers=[5, 3], batch_size=3, n_sample=4, sample_alpha=0.5, logq=0.7, n_epochs=1,
+                  dropout_hidden=0.3)
     spy = Spy(build_model(config, len(data.item_map), 'cpu'))
-    optimizer = make_optimizer('AdagradM', spy.model.parameters(), 0.1, 0.2)
-    sampler = SampleStore(data.item_support(), 4, 0.5, 100, seed=0)
-    loss_fn = loss_function('cross-entropy', 'softmax', 1)
-    log_support = torch.log(torch.from_numpy(data.item_support()).float())
-    iterator = SessionParallelIterator(data, 1)
-    loss, n_targets, n_steps = train_epoch(spy, optimizer, loss_fn, iterator, sampler,
-                                                (log_support, 0.5 * log_support), config, 'cpu')
-    assert n_targets == n_steps == 5 == sum(len(s) - 1 for s in ([1, 2, 3], [4, 5], [6, 7, 8]))
-    first_input = [True, False, True, True, False]    # one slot: sessions 1, 2, 3 in turn
-    for (inputs, hidden, n_candidates), fresh in zip(spy.seen, first_input):
-        assert n_candidates == 1 + 4
-        for h in hidden:
-            assert bool((h == 0).all()) == fresh
+    model, optimizer, loss_fn, iterator, sampler, logq_tables = training_setup(config, data, 'cpu', model=spy)
+    received = []
+    recorded = lambda x: received.append(x.detach().clone()) or loss_fn(x)
+    loss, n_targets, n_steps = train_epoch(spy, optimizer, recorded, iterator, sampler, logq_tables, config, 'cpu')
+    assert n_targets == len(where) and len(spy.seen) == n_steps
+    assert [len(step[0]) for step in spy.seen] == [3, 3, 3, 2, 1]     # worked by hand: the batch shrinks at the end
+    output = {}
+    total = 0.0
+    for (inputs, hidden, candidates, scores, new), x in zip(spy.seen, received):
+        M = len(inputs)
+        for row, (a, b) in enumerate(zip(inputs.tolist(), candidates[:M].tolist())):
+            s, t = where[names[a], names[b]]
+            for layer, h in enumerate(hidden):
+                if t == 0:
+                    assert torch.all(h[row] == 0)                               # a new session: zero state
+                else:                                                           # else the state it left
+                    assert torch.equal(h[row], output[s, t - 1][layer])
+            output[s, t] = [h[row] for h in new]
+        # logQ (spec B6): subtracted from the raw scores before the loss and its activation
+        log_q = torch.tensor([math.log(support[names[c]]) for c in candidates.tolist()])
+        correction = torch.cat([0.7 * log_q[:M], 0.7 * 0.5 * log_q[M:]])
+        assert torch.allclose(x, scores - correction, atol=1e-6)
+        total += loss_fn(scores - correction).item() * M
+    assert loss == pytest.approx(total / n_targets, rel=1e-6)     # the epoch's loss weights steps by active slots
 
 
 def test_zero_samples_stop_when_fewer_than_two_slots_remain(tmp_path):
