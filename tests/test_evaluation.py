@@ -41,10 +41,9 @@ def brute_force(model, sessions, tie_mode, cutoffs):
                 hidden = model.hidden_step(torch.tensor([current]), hidden)
                 scores = model.score_all(hidden[-1])[0]
                 target = scores[following]
-                if tie_mode == 'standard':
-                    ranks.append(1 + sum(1 for s in scores if s > target))
-                else:
-                    ranks.append(sum(1 for s in scores if s >= target))
+                higher, equal = sum(1 for s in scores if s > target), sum(1 for s in scores if s == target)
+                ranks.append({'standard': 1 + higher, 'conservative': higher + equal,
+                              'median': 1 + higher + (equal - 1) / 2}[tie_mode])
     model.train()
     return metrics_from_ranks(ranks, cutoffs), len(ranks)
 
@@ -71,7 +70,7 @@ def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, m
     with torch.no_grad():
         model.Y[:, -1].uniform_(-0.2, 0.2)
         model.Y[3] = model.Y[5]                          # identical items: real ties in the scores
-    for tie_mode in ('standard', 'conservative'):
+    for tie_mode in ('standard', 'conservative', 'median'):
         expected, n = brute_force(model, sessions, tie_mode, (1, 3, 5))
         got = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=4)
         assert got['n_predictions'] == n == sum(len(s) - 1 for s in sessions)
@@ -88,3 +87,46 @@ def test_refuses_a_model_with_nan_weights(tmp_path):
                        item_map=ItemMap(['a', 'b', 'c']))
     with pytest.raises(ValueError, match='non-finite'):
         evaluate(model, data)
+
+
+class FixedScores(torch.nn.Module):
+    """A stand-in model whose scores after a click on item i are row i of a fixed table."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer('table', torch.tensor(table))
+
+    def init_hidden(self, batch_size, device='cpu'):
+        return [torch.zeros(batch_size, 1, dtype=torch.long, device=device)]
+
+    def hidden_step(self, inputs, hidden):
+        return [inputs[:, None]]
+
+    def score_all(self, state):
+        return self.table[state[:, 0]]
+
+
+def test_evaluate_ties_at_the_cutoff_in_every_tie_mode(tmp_path):
+    # one session 0 -> 1 -> 2 -> 3: three predictions whose ranks are worked out by hand
+    table = [[0.1, 0.5, 0.1, 0.1, 0.9, 0.5, 0.5, 0.1],     # target 1: one above, tied with 5 and 6
+             [0.0, 0.0, 0.6, 0.0, 0.0, 0.6, 0.0, 0.8],     # target 2: one above, tied with 5
+             [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],     # target 3: alone at the top
+             [0.0] * 8, [0.0] * 8, [0.0] * 8, [0.0] * 8, [0.0] * 8]
+    item_map = ItemMap([f'i{k}' for k in range(8)])
+    data = SessionData(write_split(tmp_path / 't.txt', [(1, f'i{k}', k) for k in range(4)]), item_map=item_map)
+    model = FixedScores(table)
+    ranks = {'standard': (2, 2, 1), 'conservative': (4, 3, 1), 'median': (3, 2.5, 1)}
+    for tie_mode, (r1, r2, r3) in ranks.items():
+        got = evaluate(model, data, cutoffs=(3, 1, 2, 3), tie_mode=tie_mode, batch_size=2)
+        assert list(got) == ['Recall@1', 'MRR@1', 'Recall@2', 'MRR@2', 'Recall@3', 'MRR@3', 'n_predictions',
+                             'tie_mode']                     # cut-offs de-duplicated and in order
+        assert got['n_predictions'] == 3 and got['tie_mode'] == tie_mode
+        for k in (1, 2, 3):                                  # a hit is rank <= K, a tie at K included
+            hits = [r for r in (r1, r2, r3) if r <= k]
+            assert got[f'Recall@{k}'] == pytest.approx(len(hits) / 3, abs=1e-12), (tie_mode, k)
+            assert got[f'MRR@{k}'] == pytest.approx(sum(1 / r for r in hits) / 3, abs=1e-12), (tie_mode, k)
+    standard = evaluate(model, data, cutoffs=(2,), tie_mode='standard')
+    conservative = evaluate(model, data, cutoffs=(2,), tie_mode='conservative')
+    median = evaluate(model, data, cutoffs=(3,), tie_mode='median')
+    assert standard['Recall@2'] == 1.0 and conservative['Recall@2'] == pytest.approx(1 / 3)   # the tie at K decides
+    assert median['MRR@3'] == pytest.approx((1 / 3 + 1 / 2.5 + 1) / 3)
