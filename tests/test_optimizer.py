@@ -78,10 +78,40 @@ def test_eps_is_inside_the_square_root():
     assert p.item() == pytest.approx(-1e-3 / math.sqrt(1e-6 + 1e-6), rel=1e-12)   # not 1e-3 / (1e-3 + eps)
 
 
-def test_make_optimizer_names():
+@pytest.mark.parametrize('name,kind,has_momentum', [
+    ('AdagradM', AdagradM, True), ('Adagrad', torch.optim.Adagrad, False), ('Adam', torch.optim.Adam, False),
+    ('SGD', torch.optim.SGD, True), ('RMSprop', torch.optim.RMSprop, True)])
+def test_make_optimizer_names_pass_lr_and_momentum(name, kind, has_momentum):
     p = [torch.nn.Parameter(torch.zeros(2))]
-    assert isinstance(make_optimizer('AdagradM', p, 0.1, 0.2), AdagradM)
-    assert isinstance(make_optimizer('Adam', p, 0.1), torch.optim.Adam)
-    assert isinstance(make_optimizer('SGD', p, 0.1, 0.5), torch.optim.SGD)
+    optimizer = make_optimizer(name, p, 0.123, 0.45)
+    assert type(optimizer) is kind
+    group = optimizer.param_groups[0]
+    assert group['lr'] == 0.123 and group['params'][0] is p[0]
+    if has_momentum:
+        assert group['momentum'] == 0.45
+
+
+def test_make_optimizer_refuses_unknown_names():
     with pytest.raises(ValueError, match='unknown optimizer'):
-        make_optimizer('Adamax', p, 0.1)
+        make_optimizer('Adamax', [torch.nn.Parameter(torch.zeros(2))], 0.1)
+
+
+@pytest.mark.parametrize('name', ['Adam', 'SGD', 'RMSprop'])
+def test_torch_optimisers_train_gru4rec_with_dense_gradients(tmp_path, name):
+    from checkpoints import build_model
+    from config import DEFAULTS
+    from conftest import write_split
+    from dataset import SessionData
+    from training import train_epoch, training_setup
+    rows = [(s, f'i{(s * 3 + k * (1 + s % 3)) % 11}', 10 * s + k) for s in range(60) for k in range(4)]
+    data = SessionData(write_split(tmp_path / 't.txt', rows))
+    config = dict(DEFAULTS, layers=[8], batch_size=8, n_sample=5, optimizer_type=name, lr=0.01, momentum=0.5)
+    torch.manual_seed(0)
+    run = training_setup(config, data, 'cpu')
+    model = run[0]
+    assert not model.sparse and not model.has_fast_step            # torch's optimisers get dense gradients
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [train_epoch(*run, config, 'cpu')[0] for _ in range(3)]
+    assert not model.Y.grad.is_sparse and model.Y.grad.shape == model.Y.shape
+    assert all(not torch.equal(start[k], v) for k, v in model.state_dict().items() if k != 'cells.0.bias_hh')
+    assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
