@@ -18,7 +18,7 @@ Hyper-parameter names and defaults as the models' reference documentation (RecBo
 Training (`fit`): every prefix of every training session predicts its next click (the last
 `max_seq_length` clicks kept), in shuffled mini-batches built on the fly from positions, so memory does
 not grow with max_seq_length; loss `CE` (softmax over all items) or `BPR` (against `n_negatives` items
-drawn uniformly); Adam. Scoring (`init_hidden` / `hidden_step` / `score_all`, the interface evaluate()
+drawn uniformly from the items other than the target); Adam. Scoring (`init_hidden` / `hidden_step` / `score_all`, the interface evaluate()
 uses): the state of a test session is its click history so far (the last max_seq_length clicks and
 their count), and every prediction runs the encoder over that history, so each test click is ranked
 exactly as for GRU4Rec: all items, the same prediction events, the same ties.
@@ -102,8 +102,9 @@ class SequenceModel(nn.Module):
         vectors = self.item_vectors()
         if self.loss_type == 'CE':
             return F.cross_entropy(session @ vectors.T, targets)
-        negatives = torch.randint(self.n_items, (len(targets), self.n_negatives), generator=generator,
+        negatives = torch.randint(self.n_items - 1, (len(targets), self.n_negatives), generator=generator,
                                   device=targets.device)
+        negatives += negatives >= targets[:, None]            # uniform over the items other than the target
         positive = (session * vectors[targets]).sum(1, keepdim=True)
         negative = torch.einsum('bd,bkd->bk', session, vectors[negatives])
         return -F.logsigmoid(positive - negative).mean()
