@@ -229,13 +229,17 @@ def resume_run(args, device):
     if config.get('model', 'GRU4Rec') != 'GRU4Rec':
         raise InputError(f'--resume {args.resume}: a {config["model"]} run is fitted again, not resumed '
                          f'(python main.py --model {config["model"]} ...)')
+    from main import parse_args                 # here: main imports this module
+    defaults = vars(parse_args([]))
     refused = [k for k, v in vars(args).items() if v is not None and (k in DEFAULTS or k in ('params', 'hidden_size',
-               'num_layers', 'load_model')) and k != 'n_epochs']
+               'num_layers', 'load_model', 'model', 'max_seq_length', 'valid_data')) and k != 'n_epochs']
+    refused += [k for k in ('data_folder', 'train_data', 'checkpoint_dir') if getattr(args, k) != defaults[k]]
     if refused:
         raise InputError(f'--resume continues with the run\'s saved settings; drop --{refused[0]} '
                          f'(only --n_epochs may extend the run)')
     if args.n_epochs is not None:
         config['n_epochs'] = args.n_epochs
+        write_json(config_path, config)         # a later --resume of the extended run keeps its length
     checkpoints = sorted(f for f in os.listdir(run_dir) if f.startswith('model_') and f.endswith('.pt'))
     for name in reversed(checkpoints):          # the newest one that loads; a torn write never got its name
         try:

@@ -115,7 +115,7 @@ def test_bad_input(case, world, tmp_path):
     defaults = ['--checkpoint_dir', str(tmp_path / 'checkpoint')] if command == 'main.py' else \
         ['--output_dir', str(tmp_path)] if command == 'preprocessing.py' else []
     result = run_command(os.path.join(ROOT, command), *argv, *defaults, cwd=str(tmp_path))
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr                # the README's promise for bad input
     assert 'Traceback' not in result.stderr and result.stderr.count('\n') == 1, result.stderr
     assert result.stderr.startswith('error: ') and message in result.stderr, result.stderr
     assert snapshot(tmp_path) == before                 # nothing half-written, nothing overwritten

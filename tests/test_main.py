@@ -371,6 +371,50 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(split, tmp_path):
     assert refused.returncode == 2 and 'drop --lr' in refused.stderr
 
 
+def weights(path):
+    return torch.load(path, weights_only=True)['model']
+
+
+def same_weights(a, b):
+    a, b = weights(a), weights(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_edge_cases(tmp_path):
+    train = small_train_file(tmp_path)
+    common = ['--train_data', train, *SMALL, '--sample_store', '10000']
+    straight, _ = main.main([*common, '--n_epochs', '3', '--checkpoint_dir', str(tmp_path / 'straight')])
+    two, _ = main.main([*common, '--n_epochs', '2', '--checkpoint_dir', str(tmp_path / 'two')])
+    run = os.path.dirname(two)
+    # --n_epochs extends a finished run, which then ends as the run trained for 3 epochs at once
+    extended, _ = main.main(['--resume', run, '--n_epochs', '3'])
+    assert os.path.basename(extended) == 'model_00002.pt' and same_weights(extended, straight)
+    assert [h['epoch'] for h in torch.load(extended, weights_only=True)['history']] == [0, 1, 2]
+    # the newest checkpoint unreadable: the previous one is resumed (to the extended length, which config.json
+    # now holds); --resume also takes a checkpoint file
+    newest = open(extended, 'rb').read()
+    with open(extended, 'wb') as f:
+        f.write(newest[:len(newest) // 3])
+    again, _ = main.main(['--resume', os.path.join(run, 'model_00000.pt')])
+    assert again == extended and same_weights(again, straight)
+    # flags that the saved settings would silently override are refused, not ignored
+    for flags in (['--valid_data', train], ['--train_data', train], ['--data_folder', str(tmp_path)],
+                  ['--checkpoint_dir', str(tmp_path)], ['--model', 'GRU4Rec'], ['--layers', '8'], ['--params', 'iclr16_xe']):
+        with pytest.raises(InputError, match=f'drop {flags[0]}'):
+            main.main(['--resume', run, '--n_epochs', '4', *flags])
+    # an n_sample = 0 run (no sample store) resumes as well
+    zero, _ = main.main([*common, '--n_sample', '0', '--n_epochs', '1', '--checkpoint_dir', str(tmp_path / 'zero')])
+    zero_resumed, _ = main.main(['--resume', os.path.dirname(zero), '--n_epochs', '2'])
+    assert os.path.basename(zero_resumed) == 'model_00001.pt' and not same_weights(zero_resumed, zero)
+    # a baseline run is not resumed; a changed training file (another item map) is refused
+    pop, _ = main.main(['--model', 'POP', '--train_data', train, '--checkpoint_dir', str(tmp_path / 'pop')])
+    with pytest.raises(InputError, match='fitted again, not resumed'):
+        main.main(['--resume', os.path.dirname(pop)])
+    write_split(tmp_path / 'train.txt', [(s, f'j{(s + k) % 5}', 10 * s + k) for s in range(40) for k in range(2)])
+    with pytest.raises(InputError, match='no longer gives the item map'):
+        main.main(['--resume', run, '--n_epochs', '4'])
+
+
 def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(split, tmp_path):
     argv = ['--data_folder', str(split), *SMALL, '--n_epochs', '50']
     code, stderr, run = start_training(argv, tmp_path, 'model_00000.pt', signal.SIGINT)
@@ -386,6 +430,35 @@ def test_nan_loss_stops_and_keeps_no_bad_checkpoint(split, tmp_path):
     assert result.returncode == 3
     assert 'NaN' in result.stderr and 'Traceback' not in result.stderr
     assert not glob.glob(str(tmp_path / '*' / '*.pt'))
+
+
+def small_train_file(tmp_path, n_sessions=40):
+    return write_split(tmp_path / 'train.txt', [(s, f'i{(s * 3 + k * (1 + s % 4)) % 13}', 10 * s + k)
+                                                for s in range(n_sessions) for k in range(3 + s % 3)])
+
+
+def test_nan_in_a_later_epoch_keeps_the_earlier_checkpoints(tmp_path, monkeypatch, capsys):
+    import training
+    real = training.train_epoch
+    calls = []
+
+    def poisoned_in_epoch_1(model, *args, **kwargs):     # a weight turns NaN at the start of epoch 1
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                model.cells[0].weight_hh[0, 0] = float('nan')
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, 'train_epoch', poisoned_in_epoch_1)
+    with pytest.raises(SystemExit) as stop:
+        main.main(['--train_data', small_train_file(tmp_path), '--checkpoint_dir', str(tmp_path / 'ck'), *SMALL, '--sample_store', '10000',
+                   '--n_epochs', '3'])
+    assert stop.value.code == 3 and len(calls) == 2
+    first = glob.glob(str(tmp_path / 'ck' / '*' / 'model_00000.pt'))
+    assert len(first) == 1 and not glob.glob(str(tmp_path / 'ck' / '*' / 'model_00001.pt'))
+    assert torch.load(first[0], weights_only=True)['epoch'] == 0     # intact
+    stderr = capsys.readouterr().err
+    assert 'NaN or infinite in epoch 1' in stderr and f'The last good checkpoint is {first[0]}' in stderr
 
 
 def test_malformed_training_file(tmp_path):
