@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import BPRMF, ItemKNN, Pop, SessionPop, top_k
+from baselines import BASELINE_DEFAULTS, BPRMF, ItemKNN, Pop, SessionPop, top_k
 from conftest import write_split
 from dataset import SessionData
 from evaluation import evaluate, target_ranks
@@ -120,6 +120,43 @@ def test_bpr_mf_batch_of_one_is_the_official_sgd_loop(train):
         expected.append(total / train.n_events)
     assert losses == pytest.approx(expected, rel=1e-5)
     np.testing.assert_allclose(model.item_factors.numpy(), factors, atol=1e-5)
+
+
+@pytest.mark.parametrize('negatives', ['first_rows', 'uniform'])
+def test_bpr_mf_batched_steps_and_negatives(train, negatives):
+    """A mini-batch computes every click's update from the factors before it, then adds them all (duplicates add)."""
+    assert BPRMF(4).batch_size == 1024 and BASELINE_DEFAULTS['BPRMF']['batch_size'] == 1024
+    model = BPRMF(13, n_factors=3, n_epochs=2, lr=0.5, lambda_session=0.01, lambda_item=0.02, sigma=0.3,
+                  batch_size=4, negatives=negatives, seed=3)      # items 4-12 have no click (11 clicks in all)
+    losses = list(model.fit(train))
+    rng = np.random.default_rng(3)
+    session = np.repeat(np.arange(train.n_sessions), np.diff(train.offsets))
+    users = rng.uniform(-0.3, 0.3, (train.n_sessions, 3)).astype(np.float32).astype(np.float64)
+    factors = rng.uniform(-0.3, 0.3, (13, 3)).astype(np.float32).astype(np.float64)
+    expected, drawn = [], set()
+    for _ in range(2):
+        order = rng.permutation(train.n_events)
+        if negatives == 'uniform':                                   # any of the 13 items
+            draws = rng.integers(13, size=train.n_events)
+        else:                                                        # the item of one of the first min(N, 11) clicks
+            draws = train.items[rng.integers(11, size=train.n_events)]
+        drawn.update(draws.tolist())
+        total = 0.0
+        for start in range(0, train.n_events, 4):
+            new_users, new_factors = users.copy(), factors.copy()
+            for click, n in zip(order[start:start + 4], draws[start:start + 4]):
+                u, p = session[click], train.items[click]
+                uf, pf, nf = users[u], factors[p], factors[n]
+                sigmoid = 1 / (1 + np.exp(-uf @ (pf - nf)))
+                new_users[u] += 0.5 * ((1 - sigmoid) * (pf - nf) - 0.01 * uf)
+                new_factors[p] += 0.5 * ((1 - sigmoid) * uf - 0.02 * pf)
+                new_factors[n] += 0.5 * (-(1 - sigmoid) * uf - 0.02 * nf)
+                total += np.log(sigmoid)
+            users, factors = new_users, new_factors
+        expected.append(total / train.n_events)
+    assert losses == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(model.item_factors.numpy(), factors, atol=1e-5)
+    assert (max(drawn) == 12) == (negatives == 'uniform')
 
 
 def test_bpr_mf_predicts_from_the_mean_of_the_session_items():
