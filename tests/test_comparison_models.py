@@ -126,6 +126,25 @@ def test_main_trains_and_reevaluates_a_comparison_model(tmp_path):
         main.main(['--model', 'SASRec', '--params', 'n_heads=3', '--data_folder', str(tmp_path)])
 
 
+def test_readme_sasrec_bpr_example_through_main(tmp_path, capsys):
+    """README: main.py --model SASRec --loss_type BPR --params "n_negatives=100,n_layers=2" --max_seq_length 50
+    (smaller and for one epoch here); then --is_eval with --eval_cutoffs given twice and out of order."""
+    synthetic_split(tmp_path, 300, 40, seed=3)
+    path, _ = main.main(['--model', 'SASRec', '--loss_type', 'BPR', '--params', 'n_negatives=100,n_layers=2,hidden_size=8',
+                         '--max_seq_length', '50', '--n_epochs', '1', '--data_folder', str(tmp_path),
+                         '--checkpoint_dir', str(tmp_path / 'ck')])
+    state = torch.load(path, weights_only=True)
+    config = state['config']
+    assert (config['loss_type'], config['n_negatives'], config['n_layers'], config['max_seq_length']) == ('BPR', 100, 2, 50)
+    assert 0 < state['loss'] < 1                        # BPR's mean -log sigmoid: log 2 = 0.69 untrained
+    capsys.readouterr()
+    metrics = main.main(['--is_eval', '--load_model', path, '--data_folder', str(tmp_path), '--valid_data',
+                         'rsc15_test.txt', '--eval_cutoffs', '10', '3', '10'])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('Recall@')]
+    assert [line.split(':')[0] for line in lines] == ['Recall@3', 'Recall@10']
+    assert [k for k in metrics if '@' in k] == ['Recall@3', 'MRR@3', 'Recall@10', 'MRR@10']
+
+
 def test_bpr_loss_value_and_negatives_other_than_the_target():
     model = STAMP(4, embedding_size=2, loss_type='BPR', n_negatives=3000)
     with torch.no_grad():
