@@ -28,6 +28,7 @@ from cli import InputError
 
 DAY = 86400
 SESSION_GAP = 3600
+SORT_KEY_BITS = 62      # sort_order combines its keys into one int64 while their code ranges fit
 
 # dataset -> the columns its reader needs (as named in the raw file), the event kept, t_split, t_day in days
 DATASETS = {
@@ -159,15 +160,21 @@ def ordered_codes(values):
 
 def sort_order(*keys):
     """The row order sorting by keys[0], then keys[1], ... (all int64). Equal rows are equal in every key,
-    so the sort need not be stable; one combined key when the codes fit in 63 bits, else np.lexsort."""
-    coded = [ordered_codes(k) for k in keys]
-    if np.prod([float(size) for _, size in coded]) < 2.0 ** 62:
-        combined = np.zeros(len(keys[0]), dtype=np.int64)
-        for codes, size in coded:
+    so the sort need not be stable; one combined key when the codes fit in 62 bits, else np.lexsort."""
+    combined, span = None, 1
+    for key in keys:
+        codes, size = ordered_codes(key)
+        span *= size
+        if span >= 2 ** SORT_KEY_BITS:
+            del combined, codes
+            return np.lexsort([ordered_codes(k)[0] for k in reversed(keys)])
+        if combined is None:
+            combined = codes
+        else:
             combined *= size
             combined += codes
-        return np.argsort(combined)
-    return np.lexsort([codes for codes, _ in reversed(coded)])
+        del codes
+    return np.argsort(combined)
 
 
 def sessionise(user, time, item, gap, keep=None):
@@ -202,16 +209,22 @@ def given_sessions(session, time, item):
 def iso_to_ms(column, path, first_line=2):
     """ISO-8601 strings (optionally ending in Z, +HH:MM or ' UTC'; no zone = UTC) -> int64 UTC milliseconds.
 
-    The common fixed-width form `YYYY-MM-DD HH:MM:SS[ UTC|Z]` is decoded in numpy from the string bytes;
-    anything else goes through pyarrow's ISO parser. An unparsable value names its line."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    The common fixed-width form `YYYY-MM-DD HH:MM:SS[ UTC|Z]` is decoded in numpy from the string bytes,
+    chunk by chunk; anything else goes through pyarrow's ISO parser. An unparsable value names its line."""
     if column.null_count:
         bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f'{path}, line {bad + first_line}: empty time')
-    column = column.cast(pa.large_string())
-    fast = fixed_width_seconds(column)
-    if fast is not None:
-        return fast * 1000
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    fast = []
+    for chunk in chunks:
+        seconds = fixed_width_seconds(chunk)
+        if seconds is None:
+            break
+        fast.append(seconds)
+    else:
+        return np.concatenate(fast) * 1000 if fast else np.zeros(0, dtype=np.int64)
+    del fast
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     text = pc.replace_substring_regex(column, pattern=' ?UTC$', replacement='Z')
     zoned = pc.match_substring_regex(text, r'(Z|[+-]\d\d:?\d\d)$').to_numpy(zero_copy_only=False)
     try:
@@ -248,33 +261,37 @@ DIGITS = {'year': slice(0, 4), 'month': slice(5, 7), 'day': slice(8, 10), 'hour'
           'minute': slice(14, 16), 'second': slice(17, 19)}
 
 
-def fixed_width_seconds(column):
+def fixed_width_seconds(column, block=1 << 20):
     """UTC seconds of `YYYY-MM-DD[ T]HH:MM:SS` strings all of one width (optionally followed by ' UTC' or
-    'Z'), decoded from the bytes in numpy; None when the column has another form or a bad value."""
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset:column.offset + len(column) + 1]
-    width = offsets[1] - offsets[0] if len(column) else 0
+    'Z'), decoded from the bytes in numpy a block of rows at a time; None when the column has another form
+    or a bad value."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or len(column) == 0:
+        return None
+    offset_type = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], dtype=offset_type)[column.offset:column.offset + len(column) + 1]
+    width = int(offsets[1] - offsets[0])
     if width not in (19, 20, 23) or not (np.diff(offsets) == width).all():
         return None
     text = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].reshape(-1, width)
-    tail = {19: b'', 20: b'Z', 23: b' UTC'}[width]
-    if tail and not (text[:, 19:] == np.frombuffer(tail, dtype=np.uint8)).all():
-        return None
-    for position, char in ((4, b'-'), (7, b'-'), (13, b':'), (16, b':')):
-        if not (text[:, position] == ord(char)).all():
+    tail = np.frombuffer({19: b'', 20: b'Z', 23: b' UTC'}[width], dtype=np.uint8)
+    out = np.empty(len(column), dtype=np.int64)
+    for lo in range(0, len(column), block):
+        part = text[lo:lo + block]
+        if not ((part[:, 19:] == tail).all() and (part[:, [4, 7]] == ord('-')).all()
+                and (part[:, [13, 16]] == ord(':')).all() and np.isin(part[:, 10], [ord(' '), ord('T')]).all()):
             return None
-    if not np.isin(text[:, 10], [ord(' '), ord('T')]).all():
-        return None
-    fields = {}
-    for name, where in DIGITS.items():
-        digits = text[:, where].astype(np.int64) - ord('0')
-        if ((digits < 0) | (digits > 9)).any():
+        fields = {}
+        for name, where in DIGITS.items():
+            digits = part[:, where].astype(np.int32) - ord('0')
+            if ((digits < 0) | (digits > 9)).any():
+                return None
+            fields[name] = digits @ (10 ** np.arange(where.stop - where.start - 1, -1, -1, dtype=np.int32))
+        if ((fields['month'] < 1) | (fields['month'] > 12) | (fields['day'] < 1) | (fields['day'] > 31) |
+                (fields['hour'] > 23) | (fields['minute'] > 59) | (fields['second'] > 60)).any():
             return None
-        fields[name] = digits @ (10 ** np.arange(where.stop - where.start - 1, -1, -1))
-    if ((fields['month'] < 1) | (fields['month'] > 12) | (fields['day'] < 1) | (fields['day'] > 31) |
-            (fields['hour'] > 23) | (fields['minute'] > 59) | (fields['second'] > 60)).any():
-        return None
-    return days_from_civil(fields['year'], fields['month'], fields['day']) * DAY + \
-        fields['hour'] * 3600 + fields['minute'] * 60 + fields['second']
+        days = days_from_civil(fields['year'].astype(np.int64), fields['month'], fields['day'])
+        out[lo:lo + block] = days * DAY + fields['hour'] * 3600 + fields['minute'] * 60 + fields['second']
+    return out
 
 
 def days_from_civil(year, month, day):

@@ -1,11 +1,14 @@
-"""RSC15 preprocessing: yoochoose-clicks.dat -> time-split train/valid/test files.
+"""Preprocessing: raw session data -> time-split train/valid/test files.
 
 Implements the rules of the official GRU4Rec example (examples/rsc15/preprocess.py of
-hidasib/GRU4Rec), spec A1-A8, and the de-duplicated "Yoochoose" variant of the authors'
-third-party comparison (spec A10).
+hidasib/GRU4Rec), spec A1-A8, and those of the authors' third-party comparison (datasets-spec J1,
+spec A10 for Yoochoose) for every dataset of the official results; the raw formats are read by datasets.py.
 
     python preprocessing.py                                   # data/yoochoose-clicks.dat -> data/rsc15_*.txt
     python preprocessing.py --input ../input/recsys-challenge-2015/yoochoose-clicks.dat
+    python preprocessing.py --dataset diginetica --input data/train-item-views.csv
+    python preprocessing.py --dataset rees46 --input data/2019-Oct.csv data/2019-Nov.csv
+    python preprocessing.py --dataset custom --input log.csv --user_key user --time_unit iso
 
 rsc15 (default), spec A3-A7:
   1. keep sessions with more than one click; 2. keep clicks on items with support >= 5;
@@ -16,16 +19,21 @@ rsc15 (default), spec A3-A7:
   Output: rsc15_train_full.txt, rsc15_test.txt, rsc15_train_tr.txt, rsc15_train_valid.txt
   (TAB, header SessionId ItemId Time, Time in UTC seconds written with 3 decimals, rows in raw-file order).
 
-yoochoose, spec A10: clicks (+ yoochoose-test.dat), integer UTC seconds, consecutive repeats
-  removed, {drop length-1 sessions; drop items with support < 5} repeated until stable; test =
-  sessions that START in the last day(s), train = clicks before that point (sessions cut there).
+yoochoose | diginetica | retailrocket | rees46 | coveo | custom (J1 steps 3-7, cmp_sets): events sorted by
+  (session, time, item); consecutive repeats removed; {drop length-1 sessions; drop items with support < 5}
+  repeated until stable; test = sessions that START at or after t_split - t_day (the test set is not
+  filtered further), train_full = events before that point (sessions cut there, length-1 sessions
+  dropped); train_tr / train_valid the same with t_split - 2 t_day. t_split and t_day per dataset are in
+  datasets.py. Output: <name>_train_full.txt, _test.txt, _train_tr.txt, _train_valid.txt (rows in sorted
+  order; Time in seconds: integers where the data has seconds, 3 decimals where it has milliseconds) and
+  <name>_stats.json. `--variant yoochoose` is the old name of `--dataset yoochoose`.
 
 --recent_fraction N keeps only the most recent 1/N of the training sessions (the "YOOCHOOSE 1/64"
   protocol of NARM/STAMP/SR-GNN): the training sessions are ordered by their last click (ties by
   session id) and the last floor(n/N) of them are kept, in train_full and in train_tr alike. For
   rsc15 the test and validation files are then filtered again against the reduced training items
   (unseen items out, then sessions shorter than 2), so every file pair stays consistent.
-  The files get the prefix `<variant>_1_<N>_`.
+  The files get the prefix `<name>_1_<N>_`.
 
 Timestamps are parsed as UTC (the official script used the machine's local zone; a constant
 offset cannot change any split, spec A2). Reading uses pyarrow's multi-threaded CSV parser.

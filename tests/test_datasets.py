@@ -300,3 +300,13 @@ def test_equal_times_are_ordered_by_item_label_numbers_as_numbers(tmp_path):
     assert [events['item_labels'][i].as_py() for i in events['item']] == ['c', 'a', 'b', '10', '9']   # strings
     events = datasets.read_custom([write(tmp_path / 'n.csv', 'SessionId,Time,ItemId', lines[3:])])
     assert list(events['item']) == [9, 10]                                                          # numbers
+
+
+def test_the_combined_sort_key_and_the_lexsort_fallback_give_the_same_order(monkeypatch):
+    rng = np.random.default_rng(0)
+    keys = [rng.integers(0, 50, 2000) * 2 ** 40, rng.integers(-3, 7, 2000), rng.integers(0, 5, 2000)]
+    expected = np.lexsort(keys[::-1])
+    for bits in (62, 8):            # 8: the codes (50 x 10 x 5) do not fit, np.lexsort sorts
+        monkeypatch.setattr(datasets, 'SORT_KEY_BITS', bits)
+        order = datasets.sort_order(*keys)
+        np.testing.assert_array_equal(np.stack(keys)[:, order], np.stack(keys)[:, expected])
