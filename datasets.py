@@ -119,12 +119,20 @@ def sniff_separator(path, columns):
 
 
 def keep_events(table, column, kept, path):
-    """Step 1: the rows whose `column` is one of `kept` (a boolean numpy mask); none at all is an error."""
+    """Step 1: the rows whose `column` is one of `kept` (a boolean numpy mask); none at all is an error.
+    A dictionary-encoded column is looked up in its (small) dictionaries, chunk by chunk."""
     values = table[column]
-    mask = pc.is_in(values.cast(pa.string()) if pa.types.is_dictionary(values.type) else values,
-                    value_set=pa.array(kept, type=pa.string() if not pa.types.is_integer(values.type)
-                                       else values.type))
-    mask = mask.fill_null(False).to_numpy(zero_copy_only=False)
+    if pa.types.is_dictionary(values.type):
+        parts = []
+        for chunk in values.chunks:
+            good = pc.is_in(chunk.dictionary.cast(pa.string()), value_set=pa.array(kept, pa.string()))
+            good = np.append(good.to_numpy(zero_copy_only=False), False)       # index -1: a null
+            parts.append(good[chunk.indices.fill_null(-1).to_numpy()])
+        mask = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    else:
+        kind = values.type if pa.types.is_integer(values.type) else pa.string()
+        mask = pc.is_in(values if kind == values.type else values.cast(kind), value_set=pa.array(kept, kind))
+        mask = mask.fill_null(False).to_numpy(zero_copy_only=False)
     if not mask.any():
         raise InputError(f'{path}: no event has {column} in {{{", ".join(kept)}}}: nothing to keep')
     return mask
@@ -446,7 +454,9 @@ def read_custom(paths, session_key=None, user_key=None, item_key='ItemId', time_
         table = read_csv(path, columns, sep, types=types)
     no_nulls(table, group, path, 'session' if session_key else 'user')
     no_nulls(table, item_key, path, 'item')
-    if time_unit == 'iso':
+    if pa.types.is_timestamp(table[time_key].type) or pa.types.is_date(table[time_key].type):
+        time, scale = table[time_key].cast(pa.timestamp('ms')).cast(pa.int64()).to_numpy(), 1000   # parquet
+    elif time_unit == 'iso':
         time, scale = iso_to_ms(table[time_key], path), 1000
     else:
         time, scale = numeric_time(table[time_key].combine_chunks(), path, time_unit)

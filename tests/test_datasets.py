@@ -189,6 +189,9 @@ def test_custom_times_in_milliseconds_and_iso_and_parquet(tmp_path):
     preprocessing.preprocess(parquet, str(tmp_path / 'pq'), 'custom', custom=dict(custom, time_unit='iso'),
                              log=lambda *a: None)
     assert output_rows(tmp_path / 'pq' / 'custom_test.txt') == expected_rows('test', T, d, True)
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), parquet)     # a timestamp column
+    preprocessing.preprocess(parquet, str(tmp_path / 'pq2'), 'custom', custom=custom, log=lambda *a: None)
+    assert output_rows(tmp_path / 'pq2' / 'custom_test.txt') == expected_rows('test', T, d, True)
 
 
 # ---------------------------------------------------------------- reader rules that differ between formats
