@@ -34,12 +34,12 @@ SORT_KEY_BITS = 62      # sort_order combines its keys into one int64 while thei
 DATASETS = {
     'diginetica': dict(columns=['sessionId', 'itemId', 'timeframe', 'eventdate'], sep=';', t_split=None, t_day=7,
                        files=['train-item-views.csv']),
-    'retailrocket': dict(columns=['timestamp', 'visitorid', 'event', 'itemid'], sep=',', event=('event', 'view'),
+    'retailrocket': dict(columns=['timestamp', 'visitorid', 'event', 'itemid'], sep=',', event=('event', ['view']),
                          t_split=1442545200000, t_day=7, files=['events.csv']),
     'rees46': dict(columns=['event_time', 'event_type', 'product_id', 'user_id'], sep=',',
-                   event=('event_type', 'view'), t_split=1575158400, t_day=1, files=['2019-Oct.csv', '2019-Nov.csv']),
+                   event=('event_type', ['view']), t_split=1575158400, t_day=1, files=['2019-Oct.csv', '2019-Nov.csv']),
     'coveo': dict(columns=['session_id_hash', 'product_action', 'product_skus_hash', 'server_timestamp_epoch_ms'],
-                  sep=',', event=('product_action', 'detail'), t_split=None, t_day=1,
+                  sep=',', event=('product_action', ['detail']), t_split=None, t_day=1,
                   files=['release_10_23_2020.csv']),
 }
 DIGINETICA_SPELLINGS = {'session_id': 'sessionId', 'user_id': 'userId', 'item_id': 'itemId'}
@@ -386,7 +386,7 @@ def read_retailrocket(paths):
                                                         'itemid': pa.int64(), 'event': pa.string()})
     for column in ('timestamp', 'visitorid', 'itemid'):
         no_nulls(table, column, path, column)
-    keep = keep_events(table, 'event', ['view'], path)
+    keep = keep_events(table, *spec['event'], path)
     return read_user_log(table, path, 'visitorid', 'itemid', table['timestamp'].to_numpy(), 1000, SESSION_GAP,
                          keep)
 
@@ -404,7 +404,7 @@ def read_rees46(paths):
             no_nulls(table, column, path, column)
         time = iso_to_ms(table['event_time'], path) // 1000
         try:
-            keep = keep_events(table, 'event_type', ['view'], path)
+            keep = keep_events(table, *spec['event'], path)
         except InputError:
             continue                                    # a file without views adds nothing
         parts.append((table.drop_columns(['event_time', 'event_type']).filter(pa.array(keep)), time[keep]))
@@ -427,7 +427,7 @@ def read_coveo(paths):
                                                         'server_timestamp_epoch_ms': pa.int64()})
     for column in ('session_id_hash', 'server_timestamp_epoch_ms'):
         no_nulls(table, column, path, column)
-    keep = keep_events(table, 'product_action', ['detail'], path)
+    keep = keep_events(table, *spec['event'], path)
     keep &= pc.fill_null(pc.not_equal(table['product_skus_hash'], ''), False).to_numpy(zero_copy_only=False)
     if not keep.any():
         raise InputError(f'{path}: no detail event names a product (product_skus_hash)')
