@@ -34,10 +34,25 @@ PRESETS = {
                                 embedding_dim=0, layers=[100], batch_size=32, dropout_input=0.0,
                                 dropout_hidden=0.4, lr=0.2, momentum=0.2, n_sample=2048, sample_alpha=0.5,
                                 bpreg=0.0, logq=1.0),
-    # BPR-max with ELU(0.5) and a shared embedding, the settings of issue #3 (spec I2)
-    'bprmax_shared': dict(loss_type='bpr-max', final_act='elu-0.5', constrained_embedding=True, embedding_dim=0,
-                          layers=[224], batch_size=80, dropout_input=0.5, dropout_hidden=0.05, lr=0.05,
-                          momentum=0.4, n_sample=2048, sample_alpha=0.4, bpreg=1.95, logq=0.0),
+    # the official paramfiles of the other datasets (datasets-spec J1's table; paramfiles/<name>_best.py)
+    'yoochoose_xe_shared': dict(loss_type='cross-entropy', final_act='softmax', constrained_embedding=True,
+                                embedding_dim=0, layers=[480], batch_size=48, dropout_input=0.0, dropout_hidden=0.2,
+                                lr=0.07, momentum=0.0, n_sample=2048, sample_alpha=0.2, bpreg=0.0, logq=1.0),
+    'rees46_xe_shared': dict(loss_type='cross-entropy', final_act='softmax', constrained_embedding=True,
+                             embedding_dim=0, layers=[512], batch_size=240, dropout_input=0.45, dropout_hidden=0.0,
+                             lr=0.065, momentum=0.0, n_sample=2048, sample_alpha=0.5, bpreg=0.0, logq=1.0),
+    'coveo_bprmax_shared': dict(loss_type='bpr-max', final_act='elu-1', constrained_embedding=True, embedding_dim=0,
+                                layers=[512], batch_size=144, dropout_input=0.35, dropout_hidden=0.0, lr=0.05,
+                                momentum=0.4, n_sample=2048, sample_alpha=0.2, bpreg=1.85, logq=0.0),
+    # also the BPR-max settings of issue #3 (spec I2), known there as `bprmax_shared` (kept as an alias below)
+    'retailrocket_bprmax_shared': dict(loss_type='bpr-max', final_act='elu-0.5', constrained_embedding=True,
+                                       embedding_dim=0, layers=[224], batch_size=80, dropout_input=0.5,
+                                       dropout_hidden=0.05, lr=0.05, momentum=0.4, n_sample=2048, sample_alpha=0.4,
+                                       bpreg=1.95, logq=0.0),
+    'diginetica_bprmax_shared': dict(loss_type='bpr-max', final_act='elu-1', constrained_embedding=True,
+                                     embedding_dim=0, layers=[512], batch_size=128, dropout_input=0.5,
+                                     dropout_hidden=0.3, lr=0.05, momentum=0.15, n_sample=2048, sample_alpha=0.3,
+                                     bpreg=0.9, logq=0.0),
     # ICLR'16 Table 2 (RSC15, 100 units, one-hot input, in-batch negatives only)
     'iclr16_top1': dict(loss_type='top1', final_act='tanh', constrained_embedding=False, embedding_dim=0,
                         layers=[100], batch_size=50, dropout_input=0.0, dropout_hidden=0.5, lr=0.01,
@@ -49,6 +64,7 @@ PRESETS = {
                       embedding_dim=0, layers=[100], batch_size=500, dropout_input=0.0, dropout_hidden=0.0,
                       lr=0.01, momentum=0.0, n_sample=0, sample_alpha=0.0, logq=0.0),
 }
+PRESETS['bprmax_shared'] = PRESETS['retailrocket_bprmax_shared']      # the name issue #3 and the README use
 # `--loss_type X` alone: that loss's published settings
 LOSS_PRESET = {'cross-entropy': 'rsc15_xe_shared_100', 'xe_logit': 'rsc15_xe_shared_100',
                'bpr-max': 'bprmax_shared', 'top1-max': 'bprmax_shared', 'top1': 'iclr16_top1',

@@ -1,11 +1,14 @@
-"""RSC15 preprocessing: yoochoose-clicks.dat -> time-split train/valid/test files.
+"""Preprocessing: raw session data -> time-split train/valid/test files.
 
 Implements the rules of the official GRU4Rec example (examples/rsc15/preprocess.py of
-hidasib/GRU4Rec), spec A1-A8, and the de-duplicated "Yoochoose" variant of the authors'
-third-party comparison (spec A10).
+hidasib/GRU4Rec), spec A1-A8, and those of the authors' third-party comparison (datasets-spec J1,
+spec A10 for Yoochoose) for every dataset of the official results; the raw formats are read by datasets.py.
 
     python preprocessing.py                                   # data/yoochoose-clicks.dat -> data/rsc15_*.txt
     python preprocessing.py --input ../input/recsys-challenge-2015/yoochoose-clicks.dat
+    python preprocessing.py --dataset diginetica --input data/train-item-views.csv
+    python preprocessing.py --dataset rees46 --input data/2019-Oct.csv data/2019-Nov.csv
+    python preprocessing.py --dataset custom --input log.csv --user_key user --time_unit iso
 
 rsc15 (default), spec A3-A7:
   1. keep sessions with more than one click; 2. keep clicks on items with support >= 5;
@@ -16,16 +19,21 @@ rsc15 (default), spec A3-A7:
   Output: rsc15_train_full.txt, rsc15_test.txt, rsc15_train_tr.txt, rsc15_train_valid.txt
   (TAB, header SessionId ItemId Time, Time in UTC seconds written with 3 decimals, rows in raw-file order).
 
-yoochoose, spec A10: clicks (+ yoochoose-test.dat), integer UTC seconds, consecutive repeats
-  removed, {drop length-1 sessions; drop items with support < 5} repeated until stable; test =
-  sessions that START in the last day(s), train = clicks before that point (sessions cut there).
+yoochoose | diginetica | retailrocket | rees46 | coveo | custom (J1 steps 3-7, cmp_sets): events sorted by
+  (session, time, item); consecutive repeats removed; {drop length-1 sessions; drop items with support < 5}
+  repeated until stable; test = sessions that START at or after t_split - t_day (the test set is not
+  filtered further), train_full = events before that point (sessions cut there, length-1 sessions
+  dropped); train_tr / train_valid the same with t_split - 2 t_day. t_split and t_day per dataset are in
+  datasets.py. Output: <name>_train_full.txt, _test.txt, _train_tr.txt, _train_valid.txt (rows in sorted
+  order; Time in seconds: integers where the data has seconds, 3 decimals where it has milliseconds) and
+  <name>_stats.json. `--variant yoochoose` is the old name of `--dataset yoochoose`.
 
 --recent_fraction N keeps only the most recent 1/N of the training sessions (the "YOOCHOOSE 1/64"
   protocol of NARM/STAMP/SR-GNN): the training sessions are ordered by their last click (ties by
   session id) and the last floor(n/N) of them are kept, in train_full and in train_tr alike. For
   rsc15 the test and validation files are then filtered again against the reduced training items
   (unseen items out, then sessions shorter than 2), so every file pair stays consistent.
-  The files get the prefix `<variant>_1_<N>_`.
+  The files get the prefix `<name>_1_<N>_`.
 
 Timestamps are parsed as UTC (the official script used the machine's local zone; a constant
 offset cannot change any split, spec A2). Reading uses pyarrow's multi-threaded CSV parser.
@@ -41,6 +49,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from cli import ArgumentParser, InputError, run_cli, write_atomically
+from datasets import DATASETS, READERS, SESSION_GAP, read_custom
 
 DAY = 86400
 MAX_RUNS = 1000   # a file taking more runs of lines than this from a formatted chunk is cut by a byte mask
@@ -190,7 +199,7 @@ def keep_recent_sessions(s_codes, session_ids, time, mask, fraction):
     return mask & keep[s_codes]
 
 
-# ---------------------------------------------------------------- the two variants
+# ---------------------------------------------------------------- the two rule sets: spec A, J1
 
 def rsc15(clicks, test_days=1, recent_fraction=None):
     """Spec A3-A6 on clicks in file order. Returns {set name: boolean row mask over the clicks}."""
@@ -233,35 +242,41 @@ def sort_for_yoochoose(clicks):
     return sorted_clicks
 
 
-def yoochoose(clicks, test_days=1, recent_fraction=None):
-    """Spec A10 (the authors' comparison preprocessing) on clicks from sort_for_yoochoose.
+def cmp_sets(clicks, t_day, t_split=None, dedup=True, recent_fraction=None):
+    """Datasets-spec J1 steps 4-7 (spec A10 for Yoochoose) on events sorted by (session, time, item).
 
-    Returns {set name: boolean row mask over the sorted clicks}.
+    t_day and t_split are in the unit of clicks['time']; t_split None = the last timestamp after filtering.
+    dedup=False skips step 4 (custom --dedup none). Returns {set name: boolean row mask}, 'full' being
+    the events left by steps 4-5.
     """
     time = clicks['time']
     s_codes, i_codes = session_and_item_codes(clicks)
     keep = np.ones(len(time), dtype=bool)
-    keep[1:] = ~((s_codes[1:] == s_codes[:-1]) & (i_codes[1:] == i_codes[:-1]))
-    while True:
+    if dedup:                                                                    # step 4
+        keep[1:] = ~((s_codes[1:] == s_codes[:-1]) & (i_codes[1:] == i_codes[:-1]))
+    while True:                                                                  # step 5
         before = keep.sum()
         keep &= group_size(s_codes, keep) > 1
         keep &= np.bincount(i_codes[keep], minlength=i_codes.max() + 1)[i_codes] >= 5
         if keep.sum() == before:
             break
     if not keep.any():
-        raise InputError('nothing is left after filtering (sessions of >= 2 clicks on items with >= 5 clicks)')
-    t_split = time[keep].max()
+        raise InputError('nothing is left after filtering (sessions of >= 2 events on items with >= 5 events)')
+    if t_split is None:
+        t_split = time[keep].max()
     start = per_group(np.minimum, s_codes, time, keep)[s_codes]
-    horizon = DAY * test_days
     full = keep
-    test = keep & (start >= t_split - horizon)
-    train_full = keep & (time < t_split - horizon)
+    test = keep & (start >= t_split - t_day)                                     # step 6
+    train_full = keep & (time < t_split - t_day)
     train_full &= group_size(s_codes, train_full) > 1
-    train_tr = train_full & (time < t_split - 2 * horizon)
+    train_tr = train_full & (time < t_split - 2 * t_day)                         # step 7
     train_tr &= group_size(s_codes, train_tr) > 1
-    valid = train_full & (start >= t_split - 2 * horizon)
+    valid = train_full & (start >= t_split - 2 * t_day)
     if not train_full.any():
-        raise InputError(f'no click lies more than {test_days} day(s) before the last click: train set would be empty')
+        raise InputError('no session of two events lies before the test window (t_split - t_day): '
+                         'train set would be empty')
+    if not test.any():
+        raise InputError('no session starts in the test window (at or after t_split - t_day): test set would be empty')
     if recent_fraction:
         train_full = keep_recent_sessions(s_codes, clicks['session'], time, train_full, recent_fraction)
         train_tr = keep_recent_sessions(s_codes, clicks['session'], time, train_tr, recent_fraction)
@@ -371,7 +386,9 @@ def format_rows(clicks, rows, format_time):
     """TAB lines `SessionId ItemId Time` of the given rows, formatted by pyarrow."""
     time = clicks['time'][rows]
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(pa.table({'SessionId': narrow(clicks['session'][rows]), 'ItemId': narrow(clicks['item'][rows]),
+    labels = clicks.get('item_labels')
+    item = narrow(clicks['item'][rows]) if labels is None else labels.take(pa.array(clicks['item'][rows]))
+    pacsv.write_csv(pa.table({'SessionId': narrow(clicks['session'][rows]), 'ItemId': item,
                               'Time': format_time(time) if format_time else time}),
                     sink, pacsv.WriteOptions(include_header=False, delimiter='\t', batch_size=1 << 16,
                                              quoting_style='none'))
@@ -424,35 +441,109 @@ def milliseconds_as_seconds(ms):
     return pa.LargeStringArray.from_buffers(len(ms), pa.py_buffer(offsets), pa.py_buffer(text))
 
 
-def preprocess(input_path, output_dir, variant='rsc15', test_days=1, recent_fraction=None, test_input=None,
-               log=print):
-    """Run one variant end to end; returns {file name: stats}. All outputs appear together or not at all."""
-    clicks = read_clicks(input_path)
+DATASET_NAMES = ('rsc15', 'yoochoose', 'diginetica', 'retailrocket', 'rees46', 'coveo', 'custom')
+DEFAULT_INPUT = {'rsc15': ['data/yoochoose-clicks.dat'], 'yoochoose': ['data/yoochoose-clicks.dat'],
+                 **{name: [os.path.join('data', f) for f in spec['files']] for name, spec in DATASETS.items()}}
+
+
+def preprocess(input_path, output_dir, variant='rsc15', test_days=None, recent_fraction=None, test_input=None,
+               log=print, custom=None):
+    """Run one dataset's rules end to end; returns {file name: stats}. All outputs appear together or not at all.
+
+    variant: a name of DATASET_NAMES; input_path: the raw file or a list of them (Rees46: both months);
+    test_days: t_day in days (default: the dataset's); custom: read_custom's keyword arguments plus
+    `name`, `rules` ('cmp' or 'rsc15') and `dedup` (True/False) for variant 'custom'.
+    """
+    if variant == 'rsc15':
+        return preprocess_rsc15(input_path, output_dir, 1 if test_days is None else test_days, recent_fraction, log)
+    paths = [input_path] if isinstance(input_path, str) else list(input_path)
+    custom = dict(custom or {})
+    name, rules, dedup = custom.pop('name', variant), custom.pop('rules', 'cmp'), custom.pop('dedup', True)
+    t_split = None
     if variant == 'yoochoose':
-        if test_input is None:
-            candidate = os.path.join(os.path.dirname(input_path) or '.', 'yoochoose-test.dat')
-            test_input = candidate if os.path.isfile(candidate) else None
-            if test_input is None:
-                log(f'note: no yoochoose-test.dat beside {input_path}; using the clicks file alone')
-        if test_input is not None:
-            extra = read_clicks(test_input)
-            clicks = {k: np.concatenate([clicks[k], extra[k]]) for k in clicks}
-        clicks = sort_for_yoochoose(clicks)
-        split, prefix, suffix, format_time = yoochoose, 'yoochoose_processed_view_', '.tsv', None
+        if len(paths) != 1:
+            raise InputError(f'--input: yoochoose takes one clicks file (the test file beside it or --test_input), '
+                             f'got {len(paths)}')
+        clicks = read_yoochoose(paths[0], test_input, log)
+        days = 1 if test_days is None else test_days
+    elif variant == 'custom':
+        if len(paths) != 1:
+            raise InputError(f'--input: custom takes one file, got {len(paths)}')
+        clicks = read_custom(paths, **custom)
+        days = 1 if test_days is None else test_days
     else:
+        spec = DATASETS[variant]
+        if len(paths) != len(spec['files']):
+            raise InputError(f'--input: {variant} takes {len(spec["files"])} file(s) ({" ".join(spec["files"])}), '
+                             f'got {len(paths)}')
+        clicks = READERS[variant](paths)
+        days = spec['t_day'] if test_days is None else test_days
+        t_split = spec['t_split']
+    scale = clicks['scale']
+    prefix = f'{name}_' + (f'1_{recent_fraction}_' if recent_fraction else '')
+    if rules == 'rsc15':
+        clicks['time_ms'] = clicks['time'] * (1000 // scale)
         clicks['time'] = clicks['time_ms']
-        split, prefix, suffix, format_time = rsc15, 'rsc15_', '.txt', milliseconds_as_seconds
-    if recent_fraction:
-        prefix = f'{prefix}1_{recent_fraction}_'
-    sets = split(clicks, test_days, recent_fraction)
+        sets, format_time = rsc15(clicks, days, recent_fraction), milliseconds_as_seconds
+    else:
+        sets = cmp_sets(clicks, round(DAY * scale * days), t_split, dedup, recent_fraction)
+        format_time = milliseconds_as_seconds if scale == 1000 else None
+    filtered = set_stats(clicks, sets.pop('full')) if 'full' in sets else None
+    with ThreadPoolExecutor(2) as pool:
+        counts = pool.map(lambda mask: set_stats(clicks, mask), sets.values())
+        stats = {prefix + part + '.txt': c for part, c in zip(sets, counts)}
+    if filtered:
+        log(f'after filtering\n\tEvents: {filtered["events"]}\n\tSessions: {filtered["sessions"]}'
+            f'\n\tItems: {filtered["items"]}')
+    for file_name, c in stats.items():
+        log(f'{file_name}\n\tEvents: {c["events"]}\n\tSessions: {c["sessions"]}\n\tItems: {c["items"]}')
+    stats_doc = {'input': [os.path.abspath(p) for p in paths], 'dataset': variant, 'rules': rules,
+                 'test_days': days, 't_split': None if t_split is None else t_split / scale,
+                 'recent_fraction': recent_fraction, 'after_filtering': filtered, 'sets': stats}
+    if variant == 'custom':
+        stats_doc['options'] = dict(custom, dedup='consecutive' if dedup else 'none')
+    return write_outputs(output_dir, prefix, sets, stats, stats_doc, clicks, format_time, log)
+
+
+def read_yoochoose(path, test_input, log):
+    """yoochoose-clicks.dat (+ yoochoose-test.dat beside it or given), sorted as spec A10 says."""
+    clicks = read_clicks(path)
+    if test_input is None:
+        candidate = os.path.join(os.path.dirname(path) or '.', 'yoochoose-test.dat')
+        test_input = candidate if os.path.isfile(candidate) else None
+        if test_input is None:
+            log(f'note: no yoochoose-test.dat beside {path}; using the clicks file alone')
+    if test_input is not None:
+        extra = read_clicks(test_input)
+        clicks = {k: np.concatenate([clicks[k], extra[k]]) for k in clicks}
+    clicks = sort_for_yoochoose(clicks)
+    clicks['scale'] = 1
+    return clicks
+
+
+def preprocess_rsc15(input_path, output_dir, test_days, recent_fraction, log):
+    """Spec A (the official GRU4Rec example) end to end."""
+    if not isinstance(input_path, str):
+        if len(input_path) != 1:
+            raise InputError(f'--input: rsc15 takes one clicks file, got {len(input_path)}')
+        input_path, = input_path
+    clicks = read_clicks(input_path)
+    clicks['time'] = clicks['time_ms']
+    prefix = 'rsc15_' + (f'1_{recent_fraction}_' if recent_fraction else '')
+    sets = rsc15(clicks, test_days, recent_fraction)
     with ThreadPoolExecutor(2) as pool:     # the masked gathers release the GIL
         counts = pool.map(lambda mask: set_stats(clicks, mask), sets.values())
-        stats = {prefix + name + suffix: c for name, c in zip(sets, counts)}
+        stats = {prefix + name + '.txt': c for name, c in zip(sets, counts)}
     for file_name, counts in stats.items():
         log(f'{file_name}\n\tEvents: {counts["events"]}\n\tSessions: {counts["sessions"]}\n\tItems: {counts["items"]}')
-    stats_doc = {'input': os.path.abspath(input_path), 'variant': variant, 'test_days': test_days,
+    stats_doc = {'input': os.path.abspath(input_path), 'variant': 'rsc15', 'test_days': test_days,
                  'recent_fraction': recent_fraction, 'sets': stats}
-    paths = [(os.path.join(output_dir, prefix + name + suffix), mask) for name, mask in sets.items()]
+    return write_outputs(output_dir, prefix, sets, stats, stats_doc, clicks, milliseconds_as_seconds, log)
+
+
+def write_outputs(output_dir, prefix, sets, stats, stats_doc, clicks, format_time, log):
+    """The four split files and <prefix>stats.json, together or not at all."""
+    paths = [(os.path.join(output_dir, prefix + name + '.txt'), mask) for name, mask in sets.items()]
     stats_path = os.path.join(output_dir, prefix + 'stats.json')
     with ThreadPoolExecutor(2) as pool:
         write_atomically([path for path, _ in paths] + [stats_path], lambda tmp: (
@@ -464,27 +555,85 @@ def preprocess(input_path, output_dir, variant='rsc15', test_days=1, recent_frac
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog='See the module docstring for the exact rules.')
-    p.add_argument('--input', default='data/yoochoose-clicks.dat', help='raw click file (default: %(default)s)')
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='See the module docstrings of preprocessing.py and datasets.py for the exact rules.')
+    p.add_argument('--dataset', choices=DATASET_NAMES, default=None,
+                   help='which raw data and rules (default: rsc15)')
+    p.add_argument('--input', nargs='+', default=None,
+                   help='raw file(s) as distributed (default: data/<the file names of the dataset>)')
     p.add_argument('--output_dir', default='data/', help='where the split files go (default: %(default)s)')
-    p.add_argument('--variant', choices=['rsc15', 'yoochoose'], default='rsc15')
-    p.add_argument('--test_days', type=float, default=1, help='length of the test (and validation) window in days')
+    p.add_argument('--variant', choices=['rsc15', 'yoochoose'], default=None, help='old name of --dataset')
+    p.add_argument('--test_days', type=float, default=None,
+                   help="t_day: length of the test (and validation) window in days (default: the dataset's)")
     p.add_argument('--recent_fraction', type=int, default=None, metavar='N',
                    help='keep only the most recent 1/N of the training sessions (e.g. 64 or 4)')
-    p.add_argument('--test_input', default=None, help='yoochoose-test.dat for the yoochoose variant '
+    p.add_argument('--test_input', default=None, help='yoochoose-test.dat for the yoochoose dataset '
                                                       '(default: beside --input when present)')
+    c = p.add_argument_group('--dataset custom: a log of your own (CSV / TSV / .parquet)')
+    c.add_argument('--name', default='custom', help='prefix of the output files (default: %(default)s)')
+    c.add_argument('--sep', default=None, help='field separator (default: sniffed among , TAB ;)')
+    c.add_argument('--session_key', default=None, help='session id column (default SessionId unless --user_key)')
+    c.add_argument('--user_key', default=None, help='user id column: histories cut into sessions by --session_gap')
+    c.add_argument('--session_gap', type=float, default=SESSION_GAP,
+                   help='new session when the gap to the previous event is > this many seconds (default: 3600)')
+    c.add_argument('--item_key', default='ItemId', help='item id column (default: %(default)s)')
+    c.add_argument('--time_key', default='Time', help='time column (default: %(default)s)')
+    c.add_argument('--time_unit', choices=['s', 'ms', 'iso'], default='s',
+                   help='seconds, milliseconds or ISO-8601 strings (default: %(default)s)')
+    c.add_argument('--event_key', default=None, help='event type column, filtered by --events (applied first)')
+    c.add_argument('--events', default=None, help='comma-separated event types to keep, e.g. view,click')
+    c.add_argument('--dedup', choices=['consecutive', 'none'], default='consecutive',
+                   help='remove consecutive repeats of an item in a session (default: %(default)s)')
+    c.add_argument('--rules', choices=['cmp', 'rsc15'], default='cmp',
+                   help="cmp: datasets-spec J1 steps 3-7 (default); rsc15: the official RSC15 example's steps")
     args = p.parse_args(argv)
-    if args.test_days <= 0:
+    if args.variant and args.dataset and args.variant != args.dataset:
+        p.error(f'--variant {args.variant} contradicts --dataset {args.dataset} (--variant is its old name)')
+    args.dataset = args.dataset or args.variant or 'rsc15'
+    if args.test_days is not None and args.test_days <= 0:
         p.error(f'--test_days must be positive, got {args.test_days}')
     if args.recent_fraction is not None and args.recent_fraction < 1:
         p.error(f'--recent_fraction must be a positive integer, got {args.recent_fraction}')
+    given = [f for f in ('sep', 'session_key', 'user_key', 'event_key', 'events')
+             if getattr(args, f) is not None] + [f for f, default in (
+                 ('name', 'custom'), ('session_gap', SESSION_GAP), ('item_key', 'ItemId'), ('time_key', 'Time'),
+                 ('time_unit', 's'), ('dedup', 'consecutive'), ('rules', 'cmp')) if getattr(args, f) != default]
+    if args.dataset != 'custom':
+        if given:
+            p.error(f'--{given[0]} is for --dataset custom (the other datasets have fixed columns and rules)')
+        if args.test_input and args.dataset != 'yoochoose':
+            p.error('--test_input is for --dataset yoochoose')
+        return args
+    if args.input is None:
+        p.error('--dataset custom needs --input FILE')
+    if args.session_key and args.user_key:
+        p.error('give --session_key or --user_key, not both')
+    if args.session_gap <= 0:
+        p.error(f'--session_gap must be > 0 seconds, got {args.session_gap:g}')
+    if (args.event_key is None) != (args.events is None):
+        p.error('--event_key and --events go together (the column and the event types to keep)')
+    if args.sep is not None:
+        args.sep = {'tab': '\t', '\\t': '\t'}.get(args.sep.lower(), args.sep)
+        if len(args.sep) != 1:
+            p.error(f'--sep must be one character (or "tab"), got {args.sep!r}')
+    if not args.name or os.sep in args.name:
+        p.error(f'--name must be a plain file-name prefix, got {args.name!r}')
     return args
+
+
+def custom_options(args):
+    """read_custom's keyword arguments (and the rules) from the command line."""
+    return dict(session_key=args.session_key, user_key=args.user_key, item_key=args.item_key,
+                time_key=args.time_key, time_unit=args.time_unit, sep=args.sep, event_key=args.event_key,
+                events_kept=args.events.split(',') if args.events else None, session_gap=args.session_gap,
+                name=args.name, rules=args.rules, dedup=args.dedup == 'consecutive')
 
 
 def main(argv=None):
     args = parse_args(argv)
-    preprocess(args.input, args.output_dir, args.variant, args.test_days, args.recent_fraction, args.test_input)
+    paths = args.input or DEFAULT_INPUT.get(args.dataset)
+    preprocess(paths, args.output_dir, args.dataset, args.test_days, args.recent_fraction, args.test_input,
+               custom=custom_options(args) if args.dataset == 'custom' else None)
 
 
 if __name__ == '__main__':

@@ -48,6 +48,57 @@ def foreign_test(tmp):
     return write_split(tmp / 'other.txt', [(1, 999000001, 1.0), (1, 999000002, 2.0), (1, 999000001, 3.0)])
 
 
+# per dataset: a good header, a good view line, the separator, the kept and another event type, the columns
+# its error message names
+RAW_FORMATS = {
+    'diginetica': ('sessionId;userId;itemId;timeframe;eventdate\n', '1;NA;5;100;2016-05-09\n', ';', None, None,
+                   'sessionId;userId;itemId;timeframe;eventdate (or session_id;user_id;item_id;...)'),
+    'retailrocket': ('timestamp,visitorid,event,itemid,transactionid\n', '1442000000000,1,view,5,\n', ',', 'view',
+                     'addtocart', 'timestamp, visitorid, event, itemid'),
+    'rees46': ('event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n',
+               '2019-11-20 10:00:00 UTC,view,5,1,,,1.0,7,s\n', ',', 'view', 'cart',
+               'event_time, event_type, product_id, user_id'),
+    'coveo': ('session_id_hash,event_type,product_action,product_skus_hash,server_timestamp_epoch_ms,hashed_url\n',
+              'h1,event_product,detail,sku5,1602000000000,u\n', ',', 'detail', 'add',
+              'session_id_hash, product_action, product_skus_hash, server_timestamp_epoch_ms'),
+}
+EVENT_COLUMN = {'retailrocket': 'event', 'rees46': 'event_type', 'coveo': 'product_action'}
+FILE_NAMES = {'diginetica': ['train-item-views.csv'], 'retailrocket': ['events.csv'],
+              'coveo': ['release_10_23_2020.csv'], 'rees46': ['2019-Oct.csv', '2019-Nov.csv']}
+
+
+def text_file(tmp, name, text):
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def dataset_input(tmp, dataset, text):
+    """--dataset DATASET --input <its raw file(s), named as distributed, each holding `text`>."""
+    return ['--dataset', dataset, '--input', *[text_file(tmp, name, text) for name in FILE_NAMES[dataset]]]
+
+
+def dataset_cases():
+    """Every dataset's raw format against J1's bad inputs (issue 15 section 5)."""
+    cases = {}
+    for name, (header, line, sep, kept, other, columns) in RAW_FORMATS.items():
+        wrong = ',' if sep == ';' else ';'
+        first = header.split(sep)[0]
+        texts = {'wrong separator': ((header + line).replace(sep, wrong),
+                                     f'expected a {"semicolon" if sep == ";" else "comma"}-separated header with '
+                                     f'the columns {columns}'),
+                 'renamed column': (header.replace(first, 'when', 1) + line, f'with the columns {columns}; missing'),
+                 'empty file': ('', f'{FILE_NAMES[name][0]}: the file is empty'),
+                 'header only': (header, 'holds a header but no events'),
+                 'everything filtered away': (header + line * 3, 'nothing is left after filtering')}
+        if kept:
+            texts['no event of the kept type'] = (header + line.replace(f',{kept},', f',{other},') * 3,
+                                                  f'no event has {EVENT_COLUMN[name]} in {{{kept}}}')
+        for title, (text, message) in texts.items():
+            cases[f'pre: {name} {title}'] = ('preprocessing.py',
+                                             lambda t, w, name=name, text=text: dataset_input(t, name, text), message)
+    return cases
+
 # (command, arguments built from (tmp folder, world), what the one line must say)
 CASES = {
     'pre: missing file': ('preprocessing.py', lambda t, w: ['--input', str(t / 'none.dat')], 'none.dat: no such file'),
@@ -66,6 +117,38 @@ CASES = {
                            "line 2: unparsable timestamp 'yesterday'"),
     'pre: negative test_days': ('preprocessing.py', lambda t, w: ['--input', w['raw'], '--test_days', '-1'],
                                 '--test_days must be positive'),
+    'pre: unknown dataset': ('preprocessing.py', lambda t, w: ['--dataset', 'movielens', '--input', w['raw']],
+                             "--dataset: invalid choice: 'movielens'"),
+    'pre: custom flag on a fixed dataset': ('preprocessing.py', lambda t, w: ['--dataset', 'rees46', '--user_key', 'u'],
+                                            '--user_key is for --dataset custom'),
+    'pre: --variant against --dataset': ('preprocessing.py', lambda t, w: ['--variant', 'yoochoose', '--dataset', 'rsc15',
+                                                                          '--input', w['raw']], 'contradicts'),
+    'pre: rees46 one month only': ('preprocessing.py', lambda t, w: ['--dataset', 'rees46', '--input', text_file(
+        t, 'o.csv', RAW_FORMATS['rees46'][0] + RAW_FORMATS['rees46'][1])], 'rees46 takes 2 file(s) (2019-Oct.csv 2019-Nov.csv), got 1'),
+    'pre: custom missing column': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--input', text_file(
+        t, 'log.csv', 'session,item,time\n1,5,10\n'), '--item_key', 'item', '--time_key', 'time'],
+        'log.csv: no separator among comma, TAB, semicolon gives a header with the columns SessionId, item, time'),
+    'pre: custom wrong separator': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--sep', ';', '--input',
+        text_file(t, 'log.csv', 'SessionId,ItemId,Time\n1,5,10\n')],
+        'log.csv: expected a semicolon-separated header with the columns SessionId, ItemId, Time; missing'),
+    'pre: custom empty file': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--input', text_file(
+        t, 'log.csv', '')], 'log.csv: the file is empty'),
+    'pre: custom unparsable time': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--input', text_file(
+        t, 'log.csv', 'SessionId\tItemId\tTime\n1\t5\t10\n1\t6\tnoon\n')], "log.csv, line 3: unparsable time 'noon'"),
+    'pre: custom unparsable iso time': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--time_unit', 'iso',
+        '--input', text_file(t, 'log.csv', 'SessionId,ItemId,Time\n1,5,2020-01-01 10:00:00\n1,6,2020-01-01 25:00:00\n')],
+        "log.csv, line 3: unparsable time '2020-01-01 25:00:00'"),
+    'pre: custom session gap 0': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--user_key', 'u',
+        '--session_gap', '0', '--input', text_file(t, 'log.csv', 'u,ItemId,Time\n1,5,10\n')],
+        '--session_gap must be > 0 seconds, got 0'),
+    'pre: custom no event of the kept type': ('preprocessing.py', lambda t, w: [
+        '--dataset', 'custom', '--event_key', 'kind', '--events', 'view,click', '--input',
+        text_file(t, 'log.csv', 'SessionId,ItemId,Time,kind\n1,5,10,buy\n1,6,11,buy\n')],
+        'log.csv: no event has kind in {view, click}'),
+    'pre: custom everything filtered away': ('preprocessing.py', lambda t, w: ['--dataset', 'custom', '--input', text_file(
+        t, 'log.csv', 'SessionId,ItemId,Time\n1,5,10\n2,5,11\n')], 'nothing is left after filtering'),
+    'pre: custom without --input': ('preprocessing.py', lambda t, w: ['--dataset', 'custom'],
+                                    '--dataset custom needs --input FILE'),
     'train: missing file': ('main.py', lambda t, w: ['--train_data', str(t / 'none.txt')], 'none.txt: no such file'),
     'train: empty file': ('main.py', lambda t, w: ['--train_data', split_file(t, '')], 'split.txt'),
     'train: commas, not TABs': ('main.py', lambda t, w: ['--train_data', split_file(t, 'SessionId,ItemId,Time\n1,2,3\n')],
@@ -101,6 +184,7 @@ CASES = {
     'reproduce: unknown model': ('scripts/reproduce.py', lambda t, w: ['--only', 'GRU5', '--results_dir', str(t)],
                                  '--only GRU5: no such model'),
 }
+CASES.update(dataset_cases())
 
 
 @pytest.mark.parametrize('case', CASES)

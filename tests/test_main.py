@@ -167,6 +167,40 @@ def test_official_paramfile_and_parameter_string(tmp_path):
         config_of('--params', 'hidden=3')
 
 
+# the official paramfiles (hidasib/GRU4Rec_PyTorch_Official paramfiles/<name>_best.py), values as datasets-spec
+# J1's table lists them; every one also has constrained_embedding True, embedding 0, n_epochs 10
+OFFICIAL_PARAMFILES = {
+    'rsc15_xe_shared_100': 'loss=cross-entropy,elu_param=0,layers=[100],batch_size=32,dropout_p_embed=0.0,'
+                           'dropout_p_hidden=0.4,learning_rate=0.2,momentum=0.2,n_sample=2048,sample_alpha=0.5,'
+                           'bpreg=0.0,logq=1.0',
+    'yoochoose_xe_shared': 'loss=cross-entropy,elu_param=0,layers=[480],batch_size=48,dropout_p_embed=0.0,'
+                           'dropout_p_hidden=0.2,learning_rate=0.07,momentum=0.0,n_sample=2048,sample_alpha=0.2,'
+                           'bpreg=0,logq=1',
+    'rees46_xe_shared': 'loss=cross-entropy,elu_param=0,layers=[512],batch_size=240,dropout_p_embed=0.45,'
+                        'dropout_p_hidden=0.0,learning_rate=0.065,momentum=0.0,n_sample=2048,sample_alpha=0.5,'
+                        'bpreg=0,logq=1',
+    'coveo_bprmax_shared': 'loss=bpr-max,elu_param=1,layers=[512],batch_size=144,dropout_p_embed=0.35,'
+                           'dropout_p_hidden=0.0,learning_rate=0.05,momentum=0.4,n_sample=2048,sample_alpha=0.2,'
+                           'bpreg=1.85,logq=0',
+    'retailrocket_bprmax_shared': 'loss=bpr-max,elu_param=0.5,layers=[224],batch_size=80,dropout_p_embed=0.5,'
+                                  'dropout_p_hidden=0.05,learning_rate=0.05,momentum=0.4,n_sample=2048,'
+                                  'sample_alpha=0.4,bpreg=1.95,logq=0',
+    'diginetica_bprmax_shared': 'loss=bpr-max,elu_param=1,layers=[512],batch_size=128,dropout_p_embed=0.5,'
+                                'dropout_p_hidden=0.3,learning_rate=0.05,momentum=0.15,n_sample=2048,'
+                                'sample_alpha=0.3,bpreg=0.9,logq=0',
+}
+
+
+@pytest.mark.parametrize('preset', OFFICIAL_PARAMFILES)
+def test_presets_are_the_official_paramfiles(preset):
+    official = OFFICIAL_PARAMFILES[preset] + ',constrained_embedding=True,embedding=0,n_epochs=10'
+    assert config_of('--params', preset) == config_of('--params', official)
+
+
+def test_bprmax_shared_is_the_retailrocket_paramfile():
+    assert config_of('--params', 'bprmax_shared') == config_of('--params', 'retailrocket_bprmax_shared')
+
+
 @pytest.mark.parametrize('argv,message', [
     (['--loss_type', 'hinge'], 'unknown loss'),
     (['--loss_type', 'CE', '--final_act', 'tanh'], 'cannot be used with cross-entropy'),

@@ -183,9 +183,12 @@ def test_yoochoose_variant_matches_the_reference(tmp_path):
     write_synthetic(path, clicks)
     preprocessing.preprocess(path, str(tmp_path), variant='yoochoose', log=lambda *a: None)
     reference = yoochoose_reference(read_raw_reference(path))
+    full = reference.pop('full')
+    assert json.load(open(tmp_path / 'yoochoose_stats.json'))['after_filtering'] == {
+        'events': len(full), 'sessions': full.SessionId.nunique(), 'items': full.ItemId.nunique()}
     for name, expected in reference.items():
         assert len(expected) > 0
-        ours = read_output(tmp_path / f'yoochoose_processed_view_{name}.tsv')
+        ours = read_output(tmp_path / f'yoochoose_{name}.txt')
         np.testing.assert_array_equal(ours.values, expected[['SessionId', 'ItemId', 'Time']].values)
 
 
@@ -196,9 +199,9 @@ def test_yoochoose_removes_consecutive_repeats_and_reads_the_test_file(tmp_path)
     write_raw(tmp_path / 'yoochoose-test.dat', [(10, stamp(20 * DAY + 5), 2), (10, stamp(20 * DAY + 6), 1)])
     stats = preprocessing.preprocess(str(tmp_path / 'yoochoose-clicks.dat'), str(tmp_path), variant='yoochoose',
                                      log=lambda *a: None)
-    full = read_output(tmp_path / 'yoochoose_processed_view_full.tsv')
-    assert list(full[full.SessionId == 1].ItemId) == [1, 2, 1]           # the repeated 1 went
-    assert stats['yoochoose_processed_view_test.tsv'] == {'events': 4, 'sessions': 2, 'items': 2}
+    train = read_output(tmp_path / 'yoochoose_train_full.txt')
+    assert list(train[train.SessionId == 1].ItemId) == [1, 2, 1]         # the repeated 1 went
+    assert stats['yoochoose_test.txt'] == {'events': 4, 'sessions': 2, 'items': 2}
 
 
 # ---------------------------------------------------------------- bad input
