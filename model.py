@@ -74,7 +74,8 @@ class DistinctRows(torch.autograd.Function):
 
 def _row_sparse(rows, values, shape):
     """A coalesced row-sparse COO gradient: `values[k]` is row `rows[k]` (sorted, distinct)."""
-    return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False)
+    return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False,
+                                   device=values.device)
 
 
 def unique_rows(index, n):
@@ -361,6 +362,14 @@ class SampleStore:
         return {'generated_from': self.generated_from, 'pointer': self.pointer}
 
     def load_state_dict(self, state):
-        self.generator.set_state(state['generated_from'])
+        """Raises ValueError for a state that is not this generator's kind (a CPU generator's state is
+        5056 bytes, a CUDA one's 16): the two draw different streams, so one cannot continue the other."""
+        saved, own = state['generated_from'], self.generator.get_state()
+        if not (isinstance(saved, torch.Tensor) and saved.dtype == torch.uint8 and saved.device.type == 'cpu'
+                and saved.shape == own.shape):
+            size = f'{saved.numel()}-byte' if isinstance(saved, torch.Tensor) else type(saved).__name__
+            raise ValueError(f'the sampler state is a {size} generator state, not the {own.numel()}-byte state of '
+                             f'a {torch.device(self.device).type} generator')
+        self.generator.set_state(saved)
         self._refill()
         self.pointer = int(state['pointer'])
