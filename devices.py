@@ -12,6 +12,7 @@ device.
 import os
 import re
 import sys
+import warnings
 
 import torch
 
@@ -23,7 +24,9 @@ DEVICE_NAMES = 'auto, cpu, cuda or cuda:<n>'
 def probe(device):
     """None when a kernel runs on `device`, else the first line of the error it raised."""
     try:
-        (torch.zeros(2, device=device) + 1).sum().item()       # .item() waits for the kernel: errors surface here
+        with warnings.catch_warnings():                        # torch's multi-line "capability not supported"
+            warnings.simplefilter('ignore')                    # warning: the caller says it in one line
+            (torch.zeros(2, device=device) + 1).sum().item()   # .item() waits for the kernel: errors surface here
     except Exception as err:                                   # "no kernel image is available ...", driver errors
         text = str(err).strip()
         return text.splitlines()[0][:160] if text else type(err).__name__

@@ -81,7 +81,12 @@ def _row_sparse(rows, values, shape):
 def unique_rows(index, n):
     """`torch.unique(index, return_inverse=True)` for indices in [0, n): the sorted distinct rows and each
     index's position among them, found by marking the rows of an n-vector instead of sorting (2-3x
-    faster on a step's candidates, which repeat popular items many times)."""
+    faster on a step's candidates, which repeat popular items many times).
+
+    On a GPU, `nonzero` waits for the device (the number of distinct rows sizes the row-sparse gradient):
+    the one host sync left in a training step (issue #16 §8). Removing it would need the distinct rows
+    computed on the host from host copies of the inputs and samples, or fixed-size padded gradients;
+    not done without a GPU to measure what the sync costs against a launch-bound step."""
     marks = torch.zeros(n, dtype=torch.long, device=index.device).index_fill_(0, index, 1)
     rows = marks.nonzero().squeeze(1)
     return rows, marks.cumsum_(0).sub_(1).index_select(0, index)
