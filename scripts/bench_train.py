@@ -206,7 +206,7 @@ def full_scale(folder, device, steps):
     train_speed = epoch_speed(run, steps)
     eval_speed, bound = eval_speeds(run[0], subset(test, 100_000), device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    gpu = torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith('cuda') else None
+    gpu = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
     print(f'\n{folder}: {train.n_events:,} training events, {len(train.item_map):,} items, '
           f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, {torch.get_num_threads()} threads\n')
     print('| training events/s | epoch (min, at that speed) | eval predictions/s | score-product bound | '
@@ -355,7 +355,8 @@ def run(argv=None):
     p.add_argument('--official_code', metavar='DIR', help='a clone of hidasib/GRU4Rec_PyTorch_Official: compare '
                    'with it instead of the table')
     args = p.parse_args(argv)
-    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) if args.device == 'auto' else \
+    gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
+    devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
         [pick_device(args.device)]
     if args.official_code:
         against_official(args.official_code, devices, args.quick, args.rounds or 3)
