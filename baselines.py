@@ -202,7 +202,7 @@ class BPRMF(Baseline):
             negative = torch.from_numpy(draws).to(device)
             if self.negatives == 'first_rows':
                 negative = items[negative]
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=device)     # read once an epoch: no GPU stall
             for start in range(0, len(items), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 u, p, n = session[batch], items[batch], negative[start:start + self.batch_size]
@@ -212,8 +212,8 @@ class BPRMF(Baseline):
                 users.index_add_(0, u, self.lr * (c * (positive - other) - self.lambda_session * user))
                 factors.index_add_(0, p, self.lr * (c * user - self.lambda_item * positive))
                 factors.index_add_(0, n, self.lr * (-c * user - self.lambda_item * other))
-                total += float(log_sigmoid.sum())
-            loss = total / len(items)
+                total += log_sigmoid.sum()
+            loss = total.item() / len(items)
             if not math.isfinite(loss):
                 raise FloatingPointError('BPR-MF diverged (NaN); try a lower --lr')
             yield loss

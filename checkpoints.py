@@ -3,7 +3,11 @@ format every model shares, and the files of a run folder (config.json, results.j
 
 A checkpoint `checkpoint/<run>/model_{epoch:05d}.pt` is written atomically and loads with
 `torch.load(weights_only=True)`: weights, configuration, item map, optimiser and sampler state, the RNG
-state, the epoch, its loss and validation metrics, and the run's history so far.
+state, the epoch, its loss and validation metrics, and the run's history so far. Every tensor in it is a
+CPU tensor, whatever device trained the run (so it loads on a machine without a GPU), and `device` names
+the kind of device that did (cpu or cuda): the sampler's and the dropout's random streams belong to it.
+Loading reads everything onto the CPU and moves only the weights to the device asked for; the RNG states
+stay CPU byte tensors, the only form `torch.set_rng_state` and `Generator.set_state` accept.
 """
 import json
 import os
@@ -14,6 +18,7 @@ import torch
 from cli import InputError, write_atomically
 from config import OTHER_MODELS
 from dataset import ItemMap
+from devices import model_device, rng_state
 from model import GRU4Rec
 from optimizer import SPARSE_OK
 
@@ -45,13 +50,25 @@ def new_run_dir(root):
     raise InputError(f'--checkpoint_dir {root}: too many runs named {stamp}_*')
 
 
+def on_cpu(value):
+    """`value` (tensors inside dicts, lists and tuples) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(v) for v in value)
+    return value
+
+
 def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None):
+    device = model_device(model)
     state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model_name': config.get('model', 'GRU4Rec'),
              'model': model.state_dict(), 'config': config, 'item_ids': item_map.to_list(),
              'optimizer': optimizer.state_dict() if optimizer is not None else None,
              'sampler': sampler.state_dict() if sampler is not None else None, 'epoch': epoch, 'loss': loss,
-             'metrics': metrics, 'history': history, 'rng': torch.get_rng_state(),
-             'cuda_rng': torch.cuda.get_rng_state() if any(t.is_cuda for t in model.state_dict().values()) else None}
+             'metrics': metrics, 'history': history, 'device': device.type, **rng_state(device)}
+    state = on_cpu(state)
     write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
 
 
@@ -63,12 +80,12 @@ def write_json(path, value):
 
 
 def load_checkpoint(path, device, expected_model=None):
-    """(model, config, item map, raw checkpoint dict); InputError for anything that is not ours or is damaged,
-    or that holds another model than `expected_model` (when given)."""
+    """(model on `device`, config, item map, raw checkpoint dict with CPU tensors); InputError for anything
+    that is not ours or is damaged, or that holds another model than `expected_model` (when given)."""
     if not os.path.isfile(path):
         raise InputError(f'--load_model {path}: no such file')
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:                          # truncated zip, foreign pickle, not a torch file at all
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f'--load_model {path}: not a readable checkpoint (truncated or not saved by '

@@ -94,8 +94,7 @@ class SequenceModel(nn.Module):
         index = starts[:, None] + np.arange(lengths.max())[None, :]
         valid = index < ends[:, None]
         sequences = np.where(valid, items[np.minimum(index, len(items) - 1)], self.n_items)
-        return (torch.from_numpy(sequences).to(device), torch.from_numpy(lengths).to(device),
-                torch.from_numpy(items[ends]).to(device))
+        return upload(sequences, device), upload(lengths, device), upload(items[ends], device)
 
     def loss(self, sequences, lengths, targets, generator):
         session = self.encode(sequences, lengths)
@@ -126,19 +125,28 @@ class SequenceModel(nn.Module):
             ends, starts = self.training_examples(data, sessions)
             order = rng.permutation(len(ends))
             self.train()
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=device)     # read once an epoch: no GPU stall
             for lo in range(0, len(order), self.batch_size):
                 rows = order[lo:lo + self.batch_size]
                 loss = self.loss(*self.batch(items, ends[rows], starts[rows], device), generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach()) * len(rows)
+                total += loss.detach().double() * len(rows)
             self.eval()
-            mean = total / max(len(order), 1)
+            mean = total.item() / max(len(order), 1)
             if not math.isfinite(mean):
                 raise FloatingPointError('the loss became NaN; try a lower --lr')
             yield mean
+
+
+def upload(array, device):
+    """A numpy array as a tensor on `device`; to a GPU through pinned memory without waiting (a plain copy
+    from pageable memory waits for all the GPU's queued work first)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type != 'cuda':
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def packed_gru(gru, embedded, lengths):

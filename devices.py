@@ -1,15 +1,91 @@
-"""Where a run computes: the --device flag."""
+"""Where a run computes: the --device flag, --deterministic, and the random state of a device.
+
+`pick_device` accepts auto, cpu, cuda and cuda:<n> only, checks the index against the GPUs present and
+runs one tiny kernel on the chosen GPU before any data is read: a GPU whose architecture the installed
+torch has no kernels for (Kaggle's P100, sm_60, with current wheels) fails there, not after
+preprocessing. `auto` then falls back to the CPU with one warning line; an explicit cuda is an error.
+
+The dropout noise of a CUDA run comes from the default generator of the GPU the model lives on, so its
+state is saved and restored for that GPU's index (`rng_state` / `set_rng_state`), not for the current
+device.
+"""
+import os
+import re
+import sys
+import warnings
+
 import torch
 
 from cli import InputError
 
+DEVICE_NAMES = 'auto, cpu, cuda or cuda:<n>'
+
+
+def probe(device):
+    """None when a kernel runs on `device`, else the first line of the error it raised."""
+    try:
+        with warnings.catch_warnings():                        # torch's multi-line "capability not supported"
+            warnings.simplefilter('ignore')                    # warning: the caller says it in one line
+            (torch.zeros(2, device=device) + 1).sum().item()   # .item() waits for the kernel: errors surface here
+    except Exception as err:                                   # "no kernel image is available ...", driver errors
+        text = str(err).strip()
+        return text.splitlines()[0][:160] if text else type(err).__name__
+    return None
+
 
 def pick_device(name):
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name.startswith('cuda') and not torch.cuda.is_available():
+    """The torch device string of --device `name` ('cpu' or 'cuda:<n>'); InputError for anything else."""
+    match = re.fullmatch(r'(auto|cpu|cuda)(?::(\d+))?', name or '')
+    if match is None or (match.group(2) is not None and match.group(1) != 'cuda'):
+        raise InputError(f'--device {name!r}: expected {DEVICE_NAMES}')
+    kind = match.group(1)
+    if kind == 'cpu':
+        return 'cpu'
+    if not torch.cuda.is_available():
+        if kind == 'auto':
+            return 'cpu'
         raise InputError(f'--device {name}: no CUDA device is available (use --device cpu)')
-    try:
-        return str(torch.device(name))
-    except RuntimeError:
-        raise InputError(f'--device {name!r}: expected auto, cpu, cuda or cuda:<n>') from None
+    index = int(match.group(2) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise InputError(f'--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}')
+    device = f'cuda:{index}'
+    failed = probe(device)
+    if failed is None:
+        return device
+    if kind == 'auto':
+        print(f'warning: {device} ({torch.cuda.get_device_name(index)}) cannot run this torch build\'s '
+              f'kernels ({failed}); training on the CPU', file=sys.stderr)
+        return 'cpu'
+    raise InputError(f'--device {name}: {torch.cuda.get_device_name(index)} cannot run this torch build\'s '
+                     f'kernels ({failed}); use --device cpu or a torch build for this GPU')
+
+
+def make_deterministic():
+    """--deterministic: deterministic kernels only (torch refuses an operation that has none), and the
+    cuBLAS workspace setting they need, set before CUDA initialises (cuBLAS reads it once)."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(True)
+
+
+def model_device(model):
+    """The device of a model's weights (cpu for a model without any)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device('cpu')
+
+
+def rng_state(device):
+    """{'rng': the CPU generator's state, 'cuda_rng': that of the GPU `device` is on, or None}: CPU byte
+    tensors, as checkpoints store them."""
+    device = torch.device(device)
+    return {'rng': torch.get_rng_state(),
+            'cuda_rng': torch.cuda.get_rng_state(device=device) if device.type == 'cuda' else None}
+
+
+def set_rng_state(state, device):
+    """Put back what `rng_state(device)` returned (the CUDA part on `device`'s own GPU)."""
+    device = torch.device(device)
+    torch.set_rng_state(state['rng'])
+    if device.type == 'cuda' and state.get('cuda_rng') is not None:
+        torch.cuda.set_rng_state(state['cuda_rng'], device=device)

@@ -13,8 +13,10 @@ Follows the official evaluators (PT `evaluation.batch_eval`, TH `evaluate_gpu`):
                 median        1 + #{score > target} + (#{score == target} - 1) / 2
 * spec C6     Recall@K = share of targets with rank <= K; MRR@K = mean of 1/rank over them (0 beyond K).
 
-Ranks come from counting comparisons (no sort), and the metric sums stay on the device. On the CPU a
-step's scores are computed for a block of rows at a time (SCORE_BLOCK).
+Ranks come from counting comparisons (no sort), and the metric sums stay on the device (read once, at
+the end). A step's scores are computed for a block of rows at a time, so memory does not grow with
+--eval_batch_size x items: at most SCORE_BLOCK scores on the CPU, DEVICE_SCORE_BLOCK on a GPU (where the
+comparison masks add a quarter again). Blocks change nothing but the peak memory: every row is ranked alone.
 """
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ TIE_MODES = ('standard', 'conservative', 'median')
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
 SCORE_BLOCK = 4_000_000     # scores computed at once (16 MB): larger blocks are fresh memory every step,
                             # and first-touching it costs more than the product (1.7x slower at 37.5k items)
+DEVICE_SCORE_BLOCK = 1 << 27    # on a GPU: 512 MB of scores (all 512 rows of a batch up to 262k items)
 
 
 def target_ranks(scores, targets, tie_mode='standard'):
@@ -54,6 +57,12 @@ def metrics_from_ranks(ranks, cutoffs=DEFAULT_CUTOFFS):
     return out
 
 
+def score_rows(n_items, device):
+    """Rows of a step scored at once against n_items: SCORE_BLOCK / DEVICE_SCORE_BLOCK scores, at least a row."""
+    block = SCORE_BLOCK if torch.device(device).type == 'cpu' else DEVICE_SCORE_BLOCK
+    return max(1, block // max(n_items, 1))
+
+
 @torch.no_grad()
 def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu'):
     """Evaluate a GRU4Rec model (or a baseline of baselines.py) on a SessionData read with its item map.
@@ -71,7 +80,7 @@ def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_si
     hits = torch.zeros(len(cutoffs), dtype=torch.float64, device=device)
     reciprocal = torch.zeros(len(cutoffs), dtype=torch.float64, device=device)
     iterator = SessionParallelIterator(data, batch_size)
-    rows = max(1, SCORE_BLOCK // max(len(data.item_map), 1)) if torch.device(device).type == 'cpu' else batch_size
+    rows = score_rows(len(data.item_map), device)
     hidden = model.init_hidden(iterator.n_slots, device)
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:

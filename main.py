@@ -17,7 +17,7 @@ from checkpoints import load_checkpoint, write_json
 from cli import ArgumentParser, InputError, run_cli
 from config import MODELS, PRESETS, data_path, resolve_baseline_config, resolve_config
 from dataset import SessionData
-from devices import pick_device
+from devices import make_deterministic, pick_device
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from optimizer import OPTIMIZERS
 from training import resume_run, train
@@ -73,7 +73,11 @@ def parse_args(argv=None):
     d.add_argument('--eval_cutoffs', type=int, nargs='+', default=list(DEFAULT_CUTOFFS))
     d.add_argument('--tie_mode', default='standard', choices=TIE_MODES)
     d.add_argument('--eval_batch_size', type=int, default=512)
-    d.add_argument('--device', default='auto', help='auto (cuda when available), cpu, cuda, cuda:1, ...')
+    d.add_argument('--device', default='auto', help='auto (the GPU when one is present and runs a test kernel, '
+                   'else cpu), cpu, cuda, cuda:<n>')
+    d.add_argument('--deterministic', action='store_true', help='deterministic GPU kernels only (torch\'s '
+                   'use_deterministic_algorithms and CUBLAS_WORKSPACE_CONFIG): a GPU run then repeats bit for bit, '
+                   'and its fast step equals the plain one; slower. CPU runs are deterministic anyway')
     return p.parse_args(argv)
 
 
@@ -116,6 +120,8 @@ def main(argv=None):
             raise InputError(f'--{flag} must be >= 1, got {getattr(args, flag)}')
     if min(args.eval_cutoffs) < 1:
         raise InputError(f'--eval_cutoffs must all be >= 1, got {args.eval_cutoffs}')
+    if args.deterministic:
+        make_deterministic()            # before pick_device's test kernel initialises CUDA
     device = pick_device(args.device)
     if args.is_eval:
         return run_eval(args, device)

@@ -74,13 +74,19 @@ class DistinctRows(torch.autograd.Function):
 
 def _row_sparse(rows, values, shape):
     """A coalesced row-sparse COO gradient: `values[k]` is row `rows[k]` (sorted, distinct)."""
-    return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False)
+    return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False,
+                                   device=values.device)
 
 
 def unique_rows(index, n):
     """`torch.unique(index, return_inverse=True)` for indices in [0, n): the sorted distinct rows and each
     index's position among them, found by marking the rows of an n-vector instead of sorting (2-3x
-    faster on a step's candidates, which repeat popular items many times)."""
+    faster on a step's candidates, which repeat popular items many times).
+
+    On a GPU, `nonzero` waits for the device (the number of distinct rows sizes the row-sparse gradient):
+    the one host sync left in a training step (issue #16 §8). Removing it would need the distinct rows
+    computed on the host from host copies of the inputs and samples, or fixed-size padded gradients;
+    not done without a GPU to measure what the sync costs against a launch-bound step."""
     marks = torch.zeros(n, dtype=torch.long, device=index.device).index_fill_(0, index, 1)
     rows = marks.nonzero().squeeze(1)
     return rows, marks.cumsum_(0).sub_(1).index_select(0, index)
@@ -361,6 +367,14 @@ class SampleStore:
         return {'generated_from': self.generated_from, 'pointer': self.pointer}
 
     def load_state_dict(self, state):
-        self.generator.set_state(state['generated_from'])
+        """Raises ValueError for a state that is not this generator's kind (a CPU generator's state is
+        5056 bytes, a CUDA one's 16): the two draw different streams, so one cannot continue the other."""
+        saved, own = state['generated_from'], self.generator.get_state()
+        if not (isinstance(saved, torch.Tensor) and saved.dtype == torch.uint8 and saved.device.type == 'cpu'
+                and saved.shape == own.shape):
+            size = f'{saved.numel()}-byte' if isinstance(saved, torch.Tensor) else type(saved).__name__
+            raise ValueError(f'the sampler state is a {size} generator state, not the {own.numel()}-byte state of '
+                             f'a {torch.device(self.device).type} generator')
+        self.generator.set_state(saved)
         self._refill()
         self.pointer = int(state['pointer'])

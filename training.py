@@ -27,6 +27,7 @@ from checkpoints import build_model, load_checkpoint, new_run_dir, save_checkpoi
 from cli import InputError
 from config import DEFAULTS, data_path
 from dataset import SessionData, SessionParallelIterator
+from devices import set_rng_state
 from evaluation import evaluate
 from loss import loss_function
 from model import SampleStore
@@ -205,13 +206,19 @@ def restore(state, data, model, optimizer, sampler, device):
     Returns (the next epoch, the history so far)."""
     if state['item_ids'] != data.item_map.to_list():
         raise InputError('--resume: the training file no longer gives the item map the run was trained with')
-    model.load_state_dict(state['model'])
-    optimizer.load_state_dict(state['optimizer'])
+    trained_on, here = state.get('device'), torch.device(device).type
+    if trained_on is not None and trained_on != here:       # (checkpoints before issue #16: the sampler check)
+        raise InputError(f'--resume: the run trained on {trained_on} and would continue on {here}; its sampler '
+                         f'and dropout random streams are {trained_on} streams, so continue it with --device '
+                         f'{trained_on} (or start a new run on {here})')
+    model.load_state_dict(state['model'])                   # the CPU tensors of the checkpoint, copied to the device
+    optimizer.load_state_dict(state['optimizer'])           # torch.optim moves the state to its parameters' device
     if sampler is not None:
-        sampler.load_state_dict(state['sampler'])
-    torch.set_rng_state(state['rng'])
-    if str(device).startswith('cuda') and state.get('cuda_rng') is not None:
-        torch.cuda.set_rng_state(state['cuda_rng'])
+        try:
+            sampler.load_state_dict(state['sampler'])
+        except ValueError as err:
+            raise InputError(f'--resume: {err}; continue the run on the kind of device it trained on') from None
+    set_rng_state(state, device)
     return state['epoch'] + 1, list(state.get('history') or [])
 
 

@@ -27,6 +27,9 @@ beat that bound.
 --full_scale FOLDER: reads FOLDER/rsc15_train_full.txt and rsc15_test.txt (e.g. the full synthetic file
 preprocessed), trains `--steps` fast steps, evaluates 100,000 predictions, and reports load time, speeds
 and the peak memory of the process (RSS; GPU memory on cuda).
+--device cuda (or cuda:<n>, cpu) times that device alone; on a GPU the table's last column is the peak GPU
+memory of each setting (training, then evaluation on its first setting). --synthetic_sessions and
+--settings shrink the run to a smoke test (scripts/gpu_check.py --quick).
 --official_code DIR: against the official PyTorch code itself, from your own clone of
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
 fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and plain; the
@@ -57,6 +60,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from config import DEFAULTS, PRESETS  # noqa: E402
 from dataset import SessionData  # noqa: E402
+from devices import pick_device  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from loss import parse_activation  # noqa: E402
 from model import GRU4Rec  # noqa: E402
@@ -177,7 +181,7 @@ def eval_speeds(model, test, device):
     return speed, 5 * 512 / (time.perf_counter() - start)
 
 
-def datasets(folder, quick, synthetic=True):
+def datasets(folder, quick, synthetic=True, synthetic_sessions=800_000):
     with contextlib.redirect_stdout(io.StringIO()):
         source = prepare_quick_data(os.path.join(folder, 'sample'))
     out = [('real sample' if 'real' in source else 'synthetic demo', os.path.join(folder, 'sample'), list(SETTINGS))]
@@ -185,7 +189,7 @@ def datasets(folder, quick, synthetic=True):
         return out
     raw = os.path.join(folder, 'synthetic', 'yoochoose-clicks.dat')
     os.makedirs(os.path.dirname(raw))
-    write_raw(raw, generate(800_000, 52_739, days=30, seed=11))
+    write_raw(raw, generate(synthetic_sessions, 52_739, days=30, seed=11))
     with contextlib.redirect_stdout(io.StringIO()):
         preprocessing.preprocess(raw, os.path.dirname(raw) + '/', log=lambda *a: None)
     out.append(('synthetic', os.path.dirname(raw), list(SYNTHETIC_SETTINGS[:1] if quick else SYNTHETIC_SETTINGS)))
@@ -202,7 +206,7 @@ def full_scale(folder, device, steps):
     train_speed = epoch_speed(run, steps)
     eval_speed, bound = eval_speeds(run[0], subset(test, 100_000), device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    gpu = torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith('cuda') else None
+    gpu = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
     print(f'\n{folder}: {train.n_events:,} training events, {len(train.item_map):,} items, '
           f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, {torch.get_num_threads()} threads\n')
     print('| training events/s | epoch (min, at that speed) | eval predictions/s | score-product bound | '
@@ -345,10 +349,15 @@ def run(argv=None):
                    'quick 150; full scale 2000)')
     p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3)')
     p.add_argument('--full_scale', metavar='FOLDER', help='a preprocessed RSC15-scale split instead of the table')
+    p.add_argument('--synthetic_sessions', type=int, default=800_000, help='size of the synthetic data set (its '
+                   '52,739 items keep about 38k after preprocessing at the default size)')
+    p.add_argument('--settings', type=int, help='only the first N settings of each data set (a smoke run)')
     p.add_argument('--official_code', metavar='DIR', help='a clone of hidasib/GRU4Rec_PyTorch_Official: compare '
                    'with it instead of the table')
     args = p.parse_args(argv)
-    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) if args.device == 'auto' else [args.device]
+    gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
+    devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
+        [pick_device(args.device)]
     if args.official_code:
         against_official(args.official_code, devices, args.quick, args.rounds or 3)
         return
@@ -362,27 +371,32 @@ def run(argv=None):
           f'{rounds} rounds of {steps} batch-32-equivalent steps', flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, path, settings in datasets(folder, args.quick):
+        for name, path, settings in datasets(folder, args.quick, synthetic_sessions=args.synthetic_sessions):
+            settings = settings[:args.settings]
             train = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
             test = SessionData(os.path.join(path, 'rsc15_test.txt'), item_map=train.item_map)
             for device in devices:
                 for setting in settings:
+                    if device.startswith('cuda'):
+                        torch.cuda.reset_peak_memory_stats(device)
                     config = {**DEFAULTS, **SETTINGS[setting]}
                     n_steps = max(30, steps * 32 // config['batch_size'])
                     speeds, model = train_speeds(train, config, device, n_steps, rounds)
                     ratio = {k: statistics.median(f / o for f, o in zip(speeds['fast'], speeds[k]))
                              for k in ('plain', 'official')}
                     evaluation = eval_speeds(model, test, device) if setting == settings[0] else None
-                    rows.append((name, len(train.item_map), device, setting, speeds, ratio, evaluation))
+                    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
+                    rows.append((name, len(train.item_map), device, setting, speeds, ratio, evaluation, peak))
                     print(f'  {name}, {device}, {setting}: fast {max(speeds["fast"]):,.0f} events/s', flush=True)
     print()
     print('| data | items | device | setting | fast events/s | plain events/s | official-style events/s | '
-          'fast / plain | fast / official-style | eval predictions/s | score-product bound |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
-    for name, items, device, setting, speeds, ratio, evaluation in rows:
+          'fast / plain | fast / official-style | eval predictions/s | score-product bound | peak GPU memory (GiB) |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for name, items, device, setting, speeds, ratio, evaluation, peak in rows:
         ev = f'{evaluation[0]:,.0f} | {evaluation[1]:,.0f}' if evaluation else '| '
         print(f'| {name} | {items:,} | {device} | {setting} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
-              f'{max(speeds["official"]):,.0f} | {ratio["plain"]:.2f} | {ratio["official"]:.2f} | {ev} |')
+              f'{max(speeds["official"]):,.0f} | {ratio["plain"]:.2f} | {ratio["official"]:.2f} | {ev} | '
+              f'{"" if peak is None else f"{peak:.2f}"} |')
 
 
 if __name__ == '__main__':

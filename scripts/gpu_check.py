@@ -1,0 +1,269 @@
+"""The GPU check of issue #16: every step of the CUDA path a user meets, run once on one device, with a
+report. Needs nothing but the repository (synthetic data); under 8 minutes on one GPU.
+
+    scripts/gpu_check.sh                         # --device cuda, report to benchmarks/GPU.md
+    scripts/gpu_check.sh --device cpu            # the same steps on the CPU (about 2 minutes on 2 cores)
+    scripts/gpu_check.sh --device cpu --quick    # tiny sizes, same steps (the test suite runs this)
+
+Steps (D = --device):
+  1. torch, CUDA, device name and compute capability; the device as main.py's --device picks it;
+  2. synthetic clicks (scripts/make_synthetic.py), preprocessed;
+  3. 2 epochs of GRU4Rec (rsc15_xe_shared_100 settings) on D and on the CPU: Recall@20 within 0.01 (one
+     run when D is the CPU);
+  4. --is_eval of D's checkpoint on the CPU: metrics equal to D's own to 1e-4;
+  5. a plain `torch.load(weights_only=True)` of that checkpoint in a process with CUDA hidden;
+  6. --resume on D: 1 epoch, then --resume to 2: on the CPU bit-equal to the 2-epoch run (on a GPU the
+     difference is reported: the GPU's atomics sum in varying order);
+  7. the fast step against the plain one on D, 50 steps from one seed: largest weight difference, then
+     again with --deterministic, where equal bits are required;
+  8. one epoch of every other model (baselines and comparison models) on D, evaluated;
+  9. scripts/bench_train.py --quick --device D: events/s, evaluation predictions/s, peak GPU memory.
+The report (markdown: date, device, one row per check, the benchmark's table) goes to --report (default
+benchmarks/GPU.md for cuda, none for cpu). Exit status 1 when a check fails; every step runs regardless.
+"""
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+
+import main  # noqa: E402
+from cli import InputError  # noqa: E402
+from config import MODELS, OTHER_DEFAULTS  # noqa: E402
+from devices import pick_device  # noqa: E402
+import preprocessing  # noqa: E402
+from scripts.make_synthetic import generate, write_raw  # noqa: E402
+
+SIZES = {   # sessions, items of the synthetic data; GRU4Rec settings; other models' settings; bench size knobs
+    'full': dict(sessions=12_000, items=800, gru4rec=['--params', 'rsc15_xe_shared_100'],
+                 others=dict(batch_size=256, max_seq_length=20, finetune_epochs=1), bench=[]),
+    'quick': dict(sessions=1_000, items=100, gru4rec=['--params', 'rsc15_xe_shared_100', '--layers', '16',
+                  '--batch_size', '16', '--n_sample', '32', '--sample_store', '32000'],
+                  others=dict(batch_size=512, max_seq_length=10, n_factors=8, finetune_epochs=1),
+                  bench=['--steps', '30', '--rounds', '1', '--synthetic_sessions', '3000', '--settings', '1']),
+}
+STEP_COMPARE = '''
+import sys, torch
+sys.path.insert(0, {root!r})
+from config import DEFAULTS, PRESETS
+from dataset import SessionData
+from devices import make_deterministic
+from training import train_epoch, training_setup
+config = {{**DEFAULTS, **PRESETS['rsc15_xe_shared_100'], 'sample_store': 100_000}}
+data = SessionData({train!r})
+for deterministic in (False, True):      # CUBLAS_WORKSPACE_CONFIG is in the environment from the start
+    if deterministic:
+        make_deterministic()
+    weights = []
+    for fast in (True, False):
+        torch.manual_seed(config['seed'])
+        run = training_setup(dict(config, fast_step=fast), data, {device!r})
+        train_epoch(*run, dict(config, fast_step=fast), {device!r}, max_steps=50)
+        weights.append([p.detach().cpu() for p in run[0].parameters()])
+    print(max(float((a - b).abs().max()) for a, b in zip(*weights)),
+          all(torch.equal(a, b) for a, b in zip(*weights)))
+'''
+
+
+class Checks:
+    def __init__(self):
+        self.rows, self.failed = [], False
+
+    def record(self, step, ok, detail):
+        self.failed |= ok is False
+        mark = {True: 'ok', False: 'FAIL', None: 'info'}[ok]
+        self.rows.append((step, mark, detail))
+        print(f'[{mark}] {step}: {detail}', flush=True)
+
+    def run(self, step, function):
+        """Run one step; an exception is a failed check, not the end of the script."""
+        start = time.perf_counter()
+        try:
+            ok, detail = function()
+        except (Exception, SystemExit) as err:      # main.py exits on a NaN loss
+            text = str(err).strip().splitlines()
+            ok, detail = False, f'{type(err).__name__}: {text[0][:200] if text else ""}'
+        self.record(step, ok, f'{detail} ({time.perf_counter() - start:.1f} s)')
+
+
+def quiet_main(argv):
+    """main.main(argv) with its printing kept out of the report's stream."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main.main(argv)
+
+
+def python(args, env=None, timeout=600):
+    """stdout of `python args...` run in the repository; RuntimeError with its last stderr line if it fails."""
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                            env=dict(os.environ, **(env or {})))
+    if result.returncode != 0:
+        raise RuntimeError((result.stderr.strip().splitlines() or ['exit status %d' % result.returncode])[-1])
+    return result.stdout
+
+
+def environment(device):
+    cuda = torch.version.cuda or 'none (CPU build)'
+    line = f'torch {torch.__version__}, CUDA {cuda}, device {device}'
+    if device.startswith('cuda'):
+        index = torch.device(device).index
+        major, minor = torch.cuda.get_device_capability(index)
+        line += (f' = {torch.cuda.get_device_name(index)}, capability sm_{major}{minor}, '
+                 f'{torch.cuda.get_device_properties(index).total_memory / 2 ** 30:.1f} GiB; '
+                 f'this torch has kernels for {" ".join(torch.cuda.get_arch_list())}')
+    else:
+        line += f', {torch.get_num_threads()} threads'
+    return line
+
+
+def checks(args, folder):
+    size = SIZES['quick' if args.quick else 'full']
+    report = Checks()
+    try:
+        device = pick_device(args.device)
+    except InputError as err:
+        report.record('device', False, str(err))
+        return report, None
+    if device == 'cpu' and args.device != 'cpu':
+        report.record('device', False, f'--device {args.device} fell back to the CPU')
+    report.record('environment', None, environment(device))
+    data = os.path.join(folder, 'data')
+    raw = os.path.join(data, 'yoochoose-clicks.dat')
+    def synthetic():
+        os.makedirs(data)
+        write_raw(raw, generate(size['sessions'], size['items'], days=20, seed=1))
+        with contextlib.redirect_stdout(io.StringIO()):
+            preprocessing.preprocess(raw, data + '/', log=lambda *a: None)
+        with open(os.path.join(data, 'rsc15_stats.json')) as f:
+            stats = json.load(f)
+        sets = stats['sets']
+        return True, f'{size["sessions"]:,} sessions on {size["items"]:,} items generated; ' + ', '.join(
+            f'{name[:-4]} {sets[name]["events"]:,} events, {sets[name]["items"]:,} items'
+            for name in ('rsc15_train_full.txt', 'rsc15_test.txt'))
+    report.run('synthetic data (scripts/make_synthetic.py, preprocessing.py)', synthetic)
+    common = ['--data_folder', data, '--valid_data', 'rsc15_test.txt', *size['gru4rec']]
+    runs = {}
+
+    def train(name, device_, epochs, *extra):
+        path, metrics = quiet_main([*common, '--n_epochs', str(epochs), '--device', device_,
+                                    '--checkpoint_dir', os.path.join(folder, name), *extra])
+        runs[name] = (path, metrics)
+        return path, metrics
+
+    def two_devices():
+        start = time.perf_counter()
+        _, on_device = train('device', device, 2)
+        middle = time.perf_counter()
+        _, on_cpu = train('cpu', 'cpu', 2) if device != 'cpu' else runs['device']    # on the CPU: one run
+        gap = abs(on_device['Recall@20'] - on_cpu['Recall@20'])
+        return gap <= 0.01, (f'Recall@20 {on_device["Recall@20"]:.4f} on {device} ({middle - start:.1f} s), '
+                             f'{on_cpu["Recall@20"]:.4f} on cpu ({time.perf_counter() - middle:.1f} s): '
+                             f'difference {gap:.4f} (<= 0.01)')
+    report.run('2 epochs of GRU4Rec on the device and on the CPU', two_devices)
+
+    def eval_on_cpu():
+        path, own = runs['device']
+        metrics = quiet_main(['--is_eval', '--load_model', path, '--data_folder', data, '--valid_data',
+                              'rsc15_test.txt', '--device', 'cpu'])
+        gap = max(abs(metrics[k] - own[k]) for k in own if '@' in k)
+        return gap <= 1e-4, f'largest metric difference {gap:.2e} (<= 1e-4) over {metrics["n_predictions"]:,} predictions'
+    report.run(f'--is_eval of the {device} checkpoint on the CPU', eval_on_cpu)
+
+    def plain_load():
+        out = python(['-c', 'import sys, torch; s = torch.load(sys.argv[1], weights_only=True); '
+                      'print(torch.cuda.is_available(), sorted({t.device.type for t in s["model"].values()}), '
+                      's["device"])', runs['device'][0]], env={'CUDA_VISIBLE_DEVICES': ''}).split()
+        return out[0] == 'False' and out[1:-1] == ["['cpu']"], f'CUDA hidden: loads, weights on {out[1]}, saved by {out[-1]}'
+    report.run('plain torch.load of that checkpoint with CUDA hidden', plain_load)
+
+    def resume():
+        path, _ = train('resumed', device, 1)
+        quiet_main(['--resume', os.path.dirname(path), '--n_epochs', '2', '--device', device])
+        resumed = torch.load(os.path.join(os.path.dirname(path), 'model_00001.pt'), weights_only=True)
+        whole = torch.load(runs['device'][0], weights_only=True)
+        gap = max(float((resumed['model'][k] - whole['model'][k]).abs().max()) for k in whole['model'])
+        equal = gap == 0 and resumed['metrics'] == whole['metrics']
+        detail = (f'after 1 + 1 epochs vs 2: largest weight difference {gap:.2e}, Recall@20 '
+                  f'{resumed["metrics"]["Recall@20"]:.4f} vs {whole["metrics"]["Recall@20"]:.4f}')
+        return (equal if device == 'cpu' else None), detail + (' (bit-equal required on the CPU)' if device == 'cpu'
+                                                               else ' (bit-equality needs --deterministic on a GPU)')
+    report.run(f'--resume on {device}', resume)
+
+    def fast_vs_plain():
+        train_file = os.path.join(data, 'rsc15_train_full.txt')
+        lines = []
+        out = python(['-c', STEP_COMPARE.format(root=ROOT, train=train_file, device=device)],
+                     env={'CUBLAS_WORKSPACE_CONFIG': ':4096:8'}).split()
+        for mode, gap, equal in zip(('default', '--deterministic'), out[::2], out[1::2]):
+            lines.append(f'{mode}: largest difference {float(gap):.2e}{", equal bits" if equal == "True" else ""}')
+        return 'equal bits' in lines[1] and (device != 'cpu' or 'equal bits' in lines[0]), \
+            '50 steps, fast vs plain; ' + '; '.join(lines)
+    report.run(f'fast vs plain training step on {device}', fast_vs_plain)
+
+    def other_models():
+        done = []
+        for name in MODELS[1:]:
+            start = time.perf_counter()
+            settings = {k: v for k, v in size['others'].items() if k in OTHER_DEFAULTS[name]}
+            _, metrics = quiet_main(['--model', name, '--data_folder', data, '--valid_data', 'rsc15_test.txt',
+                                     '--device', device, '--checkpoint_dir', os.path.join(folder, 'others'),
+                                     *(['--n_epochs', '1'] if 'n_epochs' in OTHER_DEFAULTS[name] else []),
+                                     *(['--params', ','.join(f'{k}={v}' for k, v in settings.items())]
+                                       if settings else [])])
+            done.append(f'{name} R@20 {metrics["Recall@20"]:.3f} ({time.perf_counter() - start:.1f} s)')
+        return True, ', '.join(done)
+    report.run(f'one epoch of every other model on {device}', other_models)
+
+    bench = []
+
+    def benchmark():
+        out = python(['scripts/bench_train.py', '--quick', '--device', device, *size['bench']])
+        bench.extend(line for line in out.splitlines() if line.startswith('|'))
+        first = bench[2].split('|') if len(bench) > 2 else ['?'] * 12
+        return True, f'fast {first[5].strip()} events/s, evaluation {first[10].strip()} predictions/s (table below)'
+    report.run(f'scripts/bench_train.py --quick --device {device}', benchmark)
+    report.bench = bench
+    return report, device
+
+
+def write_report(path, report, device, args, seconds):
+    lines = [f'# GPU check (`scripts/gpu_check.sh --device {args.device}{" --quick" if args.quick else ""}`)', '',
+             f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, device {device}, '
+             f'{seconds / 60:.1f} minutes in all.', '', '| check | result | detail |', '|---|---|---|']
+    lines += [f'| {step} | {mark} | {detail} |' for step, mark, detail in report.rows]
+    if getattr(report, 'bench', None):
+        lines += ['', '`scripts/bench_train.py --quick`:', ''] + report.bench
+    text = '\n'.join(lines) + '\n'
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + '.tmp', 'w') as f:
+            f.write(text)
+        os.replace(path + '.tmp', path)
+        print(f'report: {path}')
+
+
+def run(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--device', default='cuda', help='cuda (default), cuda:<n> or cpu')
+    p.add_argument('--report', help='markdown report (default benchmarks/GPU.md on a GPU, none on the CPU)')
+    p.add_argument('--quick', action='store_true', help='tiny data and models: the same steps in well under a minute')
+    args = p.parse_args(argv)
+    report_path = args.report or (None if args.device == 'cpu' else os.path.join(ROOT, 'benchmarks', 'GPU.md'))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        report, device = checks(args, folder)
+    write_report(report_path, report, device, args, time.perf_counter() - start)
+    print('all checks passed' if not report.failed else 'SOME CHECKS FAILED', flush=True)
+    return 1 if report.failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(run())
