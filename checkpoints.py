@@ -3,7 +3,9 @@ format every model shares, and the files of a run folder (config.json, results.j
 
 A checkpoint `checkpoint/<run>/model_{epoch:05d}.pt` is written atomically and loads with
 `torch.load(weights_only=True)`: weights, configuration, item map, optimiser and sampler state, the RNG
-state, the epoch, its loss and validation metrics, and the run's history so far.
+state, the epoch, its loss and validation metrics, the run's history so far, and the items' training
+support (`item_support`, clicks per item: recommend.py's popular fallback; absent from checkpoints saved
+before it was added, which still load).
 """
 import json
 import os
@@ -45,13 +47,15 @@ def new_run_dir(root):
     raise InputError(f'--checkpoint_dir {root}: too many runs named {stamp}_*')
 
 
-def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None):
+def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None,
+                    item_support=None):
     state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model_name': config.get('model', 'GRU4Rec'),
              'model': model.state_dict(), 'config': config, 'item_ids': item_map.to_list(),
              'optimizer': optimizer.state_dict() if optimizer is not None else None,
              'sampler': sampler.state_dict() if sampler is not None else None, 'epoch': epoch, 'loss': loss,
              'metrics': metrics, 'history': history, 'rng': torch.get_rng_state(),
-             'cuda_rng': torch.cuda.get_rng_state() if any(t.is_cuda for t in model.state_dict().values()) else None}
+             'cuda_rng': torch.cuda.get_rng_state() if any(t.is_cuda for t in model.state_dict().values()) else None,
+             'item_support': None if item_support is None else torch.as_tensor(item_support, dtype=torch.int64)}
     write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
 
 
