@@ -310,6 +310,7 @@ BAD = {   # body (or raw bytes), expected status, words of the reason
     'k above the items': ({'items': [], 'k': 61}, 400, '"k" must be an integer in 1..60'),
     'k a string': ({'items': [], 'k': '5'}, 400, '"k" must be an integer'),
     'k a float': ({'items': [], 'k': 5.0}, 400, '"k" must be an integer'),
+    'k a boolean': ({'items': [], 'k': True}, 400, '"k" must be an integer'),
     'exclude_seen not a boolean': ({'items': [], 'exclude_seen': 1}, 400, '"exclude_seen" must be true or false'),
     'unknown field': ({'items': [], 'kk': 3}, 400, "unknown field(s) 'kk'"),
     'click without item': ({'session_id': 'x'}, 400, '"item_id" must be'),
