@@ -197,7 +197,7 @@ class SessionRecommender:
 
     def _top(self, states, k, exclusions):
         """[(item id, score), ...] of the k best items for each row of `states` (score_all of the model),
-        excluded item indices left out; equal scores by lower item index (baselines.top_k)."""
+        excluded item indices left out; equal scores by lower item index (best_k)."""
         out = []
         rows = max(1, SCORE_BLOCK // max(self.n_items, 1))
         for lo in range(0, len(states), rows):
@@ -207,7 +207,7 @@ class SessionRecommender:
             if pairs:
                 r, i = torch.tensor(pairs, device=scores.device).T
                 scores = scores.clone().index_put_((r, i), torch.tensor(float('-inf'), device=scores.device))
-            values, indices = top_k(scores, k)
+            values, indices = best_k(scores, k)
             values, indices = values.cpu().tolist(), indices.cpu().tolist()
             for row, (vs, ix) in enumerate(zip(values, indices)):
                 drop = set(block[row])
@@ -222,6 +222,22 @@ class SessionRecommender:
         drop = set(excluded)
         chosen = [i for i in self.popular_order[:k + len(drop)] if i not in drop][:k]
         return [(self.ids[i], float(self.support[i])) for i in chosen]
+
+
+def best_k(scores, k):
+    """The k largest scores of each row, largest first, and their columns; equal scores by lower column,
+    also at the cut: the result of baselines.top_k, which makes several passes over the whole matrix.
+    Here torch.topk, then one pass to check that no score tied with the k-th was left out; only rows where
+    one was (rare with real-valued scores) go through top_k."""
+    values, indices = torch.topk(scores, k, dim=1)
+    complete = (scores >= values[:, -1:]).sum(1) == k
+    indices, order = indices.sort(dim=1)                      # equal values: lower column first
+    values, order = values.gather(1, order).sort(dim=1, descending=True, stable=True)
+    indices = indices.gather(1, order)
+    if not bool(complete.all()):
+        rows = (~complete).nonzero().squeeze(1)
+        values[rows], indices[rows] = top_k(scores[rows], k)
+    return values, indices
 
 
 def standard_ranks(scores):
@@ -438,6 +454,8 @@ def parse_args(argv=None):
     p.add_argument('--host', default='127.0.0.1', help='--serve: the address to listen on')
     p.add_argument('--port', type=int, default=8000, help='--serve: the port (0: any free port)')
     p.add_argument('--max_sessions', type=int, default=10_000, help='--serve: live sessions kept (LRU)')
+    p.add_argument('--threads', type=int, help='torch threads per computation (default: 1 with --serve, where '
+                   'requests run in parallel threads; torch\'s default, all cores, for the batch command)')
     return p.parse_args(argv)
 
 
@@ -451,6 +469,10 @@ def main(argv=None):
         raise InputError(f'--max_sessions must be >= 1, got {args.max_sessions}')
     if not 0 <= args.port <= 65535:
         raise InputError(f'--port must be in 0..65535, got {args.port}')
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f'--threads must be >= 1, got {args.threads}')
+    if args.threads or args.serve:       # one click's small operations only lose by waiting for a second thread
+        torch.set_num_threads(args.threads or 1)
     device = pick_device(args.device)
     recommender = SessionRecommender.load(args.load_model, device, args.max_sessions, args.train_data)
     if not 1 <= args.k <= recommender.n_items:

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import Pop
+from baselines import Pop, top_k
 from conftest import ROOT, run_command, synthetic_split
 from dataset import SessionData
 from evaluation import evaluate
 import main
 import recommend
-from recommend import SessionRecommender, standard_ranks
+from recommend import SessionRecommender, best_k, standard_ranks
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +87,18 @@ def test_ties_in_item_map_order_with_standard_ranks():
     assert ids_of(r.recommend(['a'], k=5, exclude=['a', 'b', 'c', 'd'])) == ['e']   # fewer than k are left
     assert standard_ranks([3.0, 3.0, 3.0, 1.0, 0.5, 0.5]) == [1, 1, 1, 4, 5, 5]
     assert ids_of(r.recommend([], k=3)) == ['b', 'c', 'e']          # the popular fallback, same tie rule
+
+
+def test_best_k_is_top_k():
+    """The fast exact top-k against baselines.top_k (several passes) on scores full of ties."""
+    generator = torch.Generator().manual_seed(0)
+    for levels, k in ((3, 5), (50, 5), (1000, 20), (2, 1), (7, 40)):
+        scores = torch.randint(levels, (30, 40), generator=generator).float()
+        scores[0, :] = 1.0                                     # a row of one value
+        scores[1, 5:] = float('-inf')                          # fewer than k finite scores
+        values, indices = best_k(scores, k)
+        expected_values, expected_indices = top_k(scores, k)
+        assert torch.equal(indices, expected_indices) and torch.equal(values, expected_values)
 
 
 # ---------------------------------------------------------------- batch, stateful, unknown ids
