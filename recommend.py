@@ -448,7 +448,7 @@ def parse_args(argv=None):
     p.add_argument('--k', type=int, default=20, help='recommendations per session (or per click)')
     p.add_argument('--every_click', action='store_true', help='the top-k after every click, not only the last')
     p.add_argument('--exclude_seen', action='store_true', help='leave out the items the session clicked so far')
-    p.add_argument('--device', default='cpu', help='auto (cuda when available), cpu, cuda, cuda:1, ...')
+    p.add_argument('--device', default='auto', help='auto (cuda when available), cpu, cuda, cuda:1, ...')
     p.add_argument('--train_data', help='older checkpoints only: their training file, for the popular fallback')
     p.add_argument('--serve', action='store_true', help='answer HTTP requests instead of reading --input')
     p.add_argument('--host', default='127.0.0.1', help='--serve: the address to listen on')
