@@ -77,7 +77,9 @@ class SessionRecommender:
         self.popular_order = None if support is None else np.argsort(-self.support, kind='stable')
         self.max_sessions = max_sessions
         self.sessions = collections.OrderedDict()      # session id -> (state, number of known clicks)
-        self.lock = threading.Lock()                   # the session cache and its states
+        self.lock = threading.Lock()                   # the session cache
+        # clicks of one session one at a time (a lock per stripe of session ids); other sessions in parallel
+        self.session_locks = [threading.Lock() for _ in range(64)]
 
     @classmethod
     def load(cls, checkpoint, device='cpu', max_sessions=10_000, train_data=None):
@@ -122,18 +124,23 @@ class SessionRecommender:
     def click(self, session_id, item_id, k=20, exclude=None):
         """Advance `session_id` by one click from its cached state and return its top-k. An unknown item
         leaves the state as it was (reported in `.unknown`). The least recently used session is forgotten
-        when more than max_sessions are cached."""
+        when more than max_sessions are cached. Thread-safe: clicks of one session are applied one at a
+        time, those of different sessions run in parallel."""
         self._check_k(k)
         index = self.index.get(str(item_id))
         excluded = self._known(exclude)[0] if exclude else ()
-        with self.lock, torch.inference_mode():
-            state, n_known = self.sessions.pop(session_id, None) or (self.model.init_hidden(1, self.device), 0)
+        with self.session_locks[hash(session_id) % len(self.session_locks)], torch.inference_mode():
+            with self.lock:
+                state, n_known = self.sessions.pop(session_id, None) or (None, 0)
+            if state is None:
+                state = self.model.init_hidden(1, self.device)
             if index is not None:
                 state = self.model.hidden_step(torch.tensor([index], device=self.device), state)
                 n_known += 1
-            self.sessions[session_id] = (state, n_known)
-            while len(self.sessions) > self.max_sessions:
-                self.sessions.popitem(last=False)
+            with self.lock:
+                self.sessions[session_id] = (state, n_known)
+                while len(self.sessions) > self.max_sessions:
+                    self.sessions.popitem(last=False)
             pairs = self._top(state[-1], k, [excluded])[0] if n_known else self._popular(k, excluded)
         return Recommendations(pairs, [] if index is not None else [str(item_id)], popular=not n_known)
 

@@ -5,7 +5,8 @@ history at every click, so their cost grows with the session's length: a second 
     python scripts/bench_recommend.py                   # 37.5k items, about 3 minutes on 2 CPU cores
     python scripts/bench_recommend.py --quick           # fewer clicks and requests, under a minute
 
-Data: scripts/make_synthetic.py's clicks with an item map of 37,500 items (the RSC15 training map's size);
+Data: scripts/make_synthetic.py's clicks with an item map of 37,500 items (the RSC15 training map's size;
+ids the clicks do not reach pad the map, with no clicks);
 the sessions' lengths are the generator's (long-tailed, mean about 3.6 before the filters). Models: GRU4Rec
 with the official RSC15 settings' shape (100 units, shared embedding), NARM and SASRec with their defaults,
 untrained (the speed of a ranking does not depend on the weights), saved as main.py's checkpoints so the
@@ -49,6 +50,7 @@ def synthetic_sessions(n_items, n_sessions, seed=1):
     """(item ids of the map: n_items strings, support per item, sessions as lists of item ids)."""
     clicks = generate(n_sessions, int(n_items * 1.15), seed=seed)
     ids = ItemMap.from_items(clicks['item'].astype(str)).to_list()[:n_items]
+    ids += [str(900_000_000 + i) for i in range(n_items - len(ids))]      # never clicked: support 0
     index = {item: i for i, item in enumerate(ids)}
     mapped = np.array([index.get(str(i), -1) for i in clicks['item']])
     support = np.bincount(mapped[mapped >= 0], minlength=n_items)

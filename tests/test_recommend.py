@@ -385,7 +385,12 @@ def test_http_eight_threads(world, server):
 def test_http_clean_shutdown(world, server, sig):
     """SIGINT: a server of its own; SIGTERM: the module's server, after the tests above have used it."""
     process, url = start_server(world['GRU4Rec']) if sig == signal.SIGINT else server[::-1]
-    assert call(url, '/health')[0] == 200
-    process.send_signal(sig)
-    out, err = process.communicate(timeout=30)
-    assert process.returncode == 0 and 'stopped' in out and 'Traceback' not in err, err
+    try:
+        assert call(url, '/health')[0] == 200
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0 and 'stopped' in out and 'Traceback' not in err, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
