@@ -157,6 +157,24 @@ def test_lru_keeps_at_most_max_sessions(world):
     assert r.n_sessions == 3
 
 
+def test_concurrent_clicks_of_one_session_are_all_applied(world):
+    r = SessionRecommender.load(world['GRU4Rec'])
+    item = r.ids[3]
+
+    def clicks():
+        for _ in range(25):
+            r.click('shared', item, k=5)
+            r.click(threading.current_thread().name, r.ids[4], k=5)      # other sessions in between
+
+    threads = [threading.Thread(target=clicks, name=f'own-{n}') for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert r.sessions['shared'][1] == 100                                  # no click lost or restarted
+    assert ids_of(r.click('shared', item, k=5)) == ids_of(r.recommend([item] * 101, k=5))
+
+
 def test_unknown_ids_and_the_popular_fallback(world, tmp_path):
     r = SessionRecommender.load(world['GRU4Rec'])
     support = world['train'].item_support()
