@@ -7,7 +7,8 @@ state, the epoch, its loss and validation metrics, and the run's history so far.
 CPU tensor, whatever device trained the run (so it loads on a machine without a GPU), and `device` names
 the kind of device that did (cpu or cuda): the sampler's and the dropout's random streams belong to it.
 Loading reads everything onto the CPU and moves only the weights to the device asked for; the RNG states
-stay CPU byte tensors, the only form `torch.set_rng_state` and `Generator.set_state` accept.
+stay CPU byte tensors, the only form `torch.set_rng_state` and `Generator.set_state` accept. It also holds the items' training support (`item_support`, clicks per item:
+recommend.py's popular fallback; absent from checkpoints saved before it was added, which still load).
 """
 import json
 import os
@@ -61,13 +62,15 @@ def on_cpu(value):
     return value
 
 
-def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None):
+def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None,
+                    item_support=None):
     device = model_device(model)
     state = {'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION, 'model_name': config.get('model', 'GRU4Rec'),
              'model': model.state_dict(), 'config': config, 'item_ids': item_map.to_list(),
              'optimizer': optimizer.state_dict() if optimizer is not None else None,
              'sampler': sampler.state_dict() if sampler is not None else None, 'epoch': epoch, 'loss': loss,
-             'metrics': metrics, 'history': history, 'device': device.type, **rng_state(device)}
+             'metrics': metrics, 'history': history, 'device': device.type, **rng_state(device),
+             'item_support': None if item_support is None else torch.as_tensor(item_support, dtype=torch.int64)}
     state = on_cpu(state)
     write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
 

@@ -188,7 +188,7 @@ def train(args, config, device, resume=None):
             history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
             path = os.path.join(run_dir, f'model_{epoch:05d}.pt')
             save_checkpoint(path, model, dict(config, model=name), data.item_map, optimizer, sampler, epoch, loss,
-                            metrics, history)
+                            metrics, history, item_support=data.item_support())
             last_good = path
             write_curves(os.path.join(run_dir, 'curves.png'), history, f'{name} ({os.path.basename(run_dir)})')
             print(line, flush=True)

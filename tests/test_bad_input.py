@@ -44,6 +44,19 @@ def split_file(tmp, text):
     return str(path)
 
 
+def foreign_checkpoint(tmp):
+    import torch
+    path = tmp / 'other.pt'
+    torch.save({'state_dict': {'w': torch.zeros(2)}, 'epoch': 3}, path)
+    return str(path)
+
+
+def recommend_args(tmp, world, **changes):
+    args = {'load_model': world['checkpoint'], 'input': str(world['root'] / 'rsc15_test.txt'),
+            'output': str(tmp / 'recs.tsv'), **changes}
+    return [item for key, value in args.items() if value is not None for item in (f'--{key}', value)]
+
+
 def foreign_test(tmp):
     return write_split(tmp / 'other.txt', [(1, 999000001, 1.0), (1, 999000002, 2.0), (1, 999000001, 3.0)])
 
@@ -178,6 +191,26 @@ CASES = {
     'eval: baseline flag on a GRU4Rec checkpoint': ('main.py', lambda t, w: [
         '--is_eval', '--load_model', w['checkpoint'], '--model', 'POP', '--data_folder', str(w['root'])],
         'holds a GRU4Rec model, not POP'),
+    'recommend: missing checkpoint': ('recommend.py', lambda t, w: recommend_args(t, w, load_model=str(t / 'none.pt')),
+                                      'none.pt: no such file'),
+    'recommend: checkpoint of another format': ('recommend.py', lambda t, w: recommend_args(
+        t, w, load_model=foreign_checkpoint(t)), 'other.pt: not a checkpoint of this project'),
+    'recommend: text file as checkpoint': ('recommend.py', lambda t, w: recommend_args(
+        t, w, load_model=raw_file(t, GOOD_LINE)), 'not a readable checkpoint'),
+    'recommend: unknown device': ('recommend.py', lambda t, w: recommend_args(t, w, device='tpu'),
+                                  "--device 'tpu': expected auto, cpu, cuda"),
+    'recommend: missing input': ('recommend.py', lambda t, w: recommend_args(t, w, input=str(t / 'none.txt')),
+                                 'none.txt: no such file'),
+    'recommend: binary input': ('recommend.py', lambda t, w: recommend_args(
+        t, w, input=raw_file(t, bytes(range(256)) * 40, True)), 'clicks.dat: header'),
+    'recommend: commas, not TABs': ('recommend.py', lambda t, w: recommend_args(
+        t, w, input=split_file(t, 'SessionId,ItemId,Time\n1,2,3\n')), 'split.txt: header'),
+    'recommend: k above the items': ('recommend.py', lambda t, w: recommend_args(t, w, k='1000'),
+                                     '--k must be in 1..'),
+    'recommend: no output': ('recommend.py', lambda t, w: recommend_args(t, w, output=None),
+                             'needs both --input FILE and --output FILE'),
+    'recommend: serve and input': ('recommend.py', lambda t, w: recommend_args(t, w) + ['--serve'],
+                                   'either --input FILE --output FILE'),
     'resume: not a run folder': ('main.py', lambda t, w: ['--resume', str(t)], 'no readable config.json'),
     'reproduce: no data': ('scripts/reproduce.py', lambda t, w: ['--data', str(t / 'none'), '--results_dir', str(t)],
                            'no rsc15_train_full.txt'),
