@@ -9,6 +9,9 @@ the kind of device that did (cpu or cuda): the sampler's and the dropout's rando
 Loading reads everything onto the CPU and moves only the weights to the device asked for; the RNG states
 stay CPU byte tensors, the only form `torch.set_rng_state` and `Generator.set_state` accept. It also holds the items' training support (`item_support`, clicks per item:
 recommend.py's popular fallback; absent from checkpoints saved before it was added, which still load).
+GRU4Rec checkpoints saved before issue #20 hold the output layer as one table `Y` = [W_y | b_y]; they load
+as the two tables W_y and b_y of today's model, optimiser state included (`split_output_table`), so old
+runs still evaluate, serve recommendations and resume.
 """
 import json
 import os
@@ -100,6 +103,8 @@ def load_checkpoint(path, device, expected_model=None):
                          f'this code reads {CHECKPOINT_VERSION}')
     config, item_map = state['config'], ItemMap(state['item_ids'])
     name = state.get('model_name', 'GRU4Rec')
+    if name == 'GRU4Rec' and 'Y' in state['model']:
+        state = split_output_table(state)
     if expected_model is not None and name != expected_model:
         raise InputError(f'--load_model {path}: holds a {name} model, not {expected_model} (--model)')
     model = build_model(dict(config, model=name), len(item_map), device)
@@ -109,6 +114,31 @@ def load_checkpoint(path, device, expected_model=None):
         raise InputError(f'--load_model {path}: weights do not match the saved configuration '
                          f'({str(err).splitlines()[0]})') from None
     return model, config, item_map, state
+
+
+def split_output_table(state):
+    """A pre-issue-#20 GRU4Rec checkpoint with today's layout: its table Y (N x (L+1), the last column
+    the biases) becomes W_y and b_y, and so does every optimiser state tensor of Y's shape; Y was the
+    model's first parameter, W_y and b_y are its first two, so the other parameters' optimiser indices
+    move up by one."""
+    model = dict(state['model'])
+    table = model.pop('Y')
+    state = dict(state, model={'Wy': table[:, :-1].contiguous(), 'By': table[:, -1].contiguous(), **model})
+    optimizer = state.get('optimizer')
+    if optimizer is not None:
+        def part(value, column):
+            if isinstance(value, torch.Tensor) and value.shape == table.shape:
+                return (value[:, :-1] if column is None else value[:, -1]).contiguous()
+            return value
+
+        moved = {(k + 1 if k > 0 else k): v for k, v in optimizer['state'].items()}
+        if 0 in optimizer['state']:
+            moved[0] = {key: part(value, None) for key, value in optimizer['state'][0].items()}
+            moved[1] = {key: part(value, -1) for key, value in optimizer['state'][0].items()}
+        groups = [dict(group, params=[j for i in group['params'] for j in ((0, 1) if i == 0 else (i + 1,))])
+                  for group in optimizer['param_groups']]
+        state['optimizer'] = {**optimizer, 'state': moved, 'param_groups': groups}
+    return state
 
 
 def write_curves(path, history, title):

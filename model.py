@@ -12,8 +12,11 @@ Follows the authors' code (hidasib/GRU4Rec_PyTorch_Official `GRU4RecModel`, hida
 * inverted dropout (spec B4): on the input vector (`dropout_p_embed`) and on the output of EVERY layer
   including the last (`dropout_p_hidden`); the dropped vector is the stored next hidden state and what
   the next layer and the scores see;
-* scores r_i = h . w_i + b_i; training scores only the candidate rows (spec B5.1: targets of the batch
-  plus shared samples), evaluation scores all N items (`score_all`);
+* scores r_i = h . w_i + b_i with W_y and b_y two tables, as in the official code: in the shared mode an
+  item that is only an INPUT of a step gets a W_y gradient (its input vector) but no b_y update, not even
+  the momentum part of one (AdagradM moves only the rows a gradient names); training scores only the
+  candidate rows (spec B5.1: targets of the batch plus shared samples), evaluation scores all N items
+  (`score_all`);
 * the official initialisation (spec B8): every gate block of every weight matrix drawn from
   U(+-sqrt(6 / (fan_in + fan_out))) by a numpy RNG seeded with `seed` (42 by default), biases zero.
 
@@ -172,8 +175,9 @@ class GRU4Rec(nn.Module):
         self.sparse = sparse
         rng = np.random.RandomState(seed)
         last = self.layers[-1]
-        # output layer [W_y | b_y] as one row-sparse table: row i = item i's output weights, then its bias
-        self.Y = nn.Parameter(torch.cat([uniform_blocks(rng, (n_items, last)), torch.zeros(n_items, 1)], dim=1))
+        # output layer: weights W_y (N x L) and biases b_y (N), two row-sparse tables (module docstring)
+        self.Wy = nn.Parameter(uniform_blocks(rng, (n_items, last)))
+        self.By = nn.Parameter(torch.zeros(n_items))
         first = self.layers[0]
         if self.mode == 'separate':
             self.E = nn.Parameter(uniform_blocks(rng, (n_items, embedding)))
@@ -235,7 +239,7 @@ class GRU4Rec(nn.Module):
             new.append(x)
         else:
             x = input_vectors if input_vectors is not None else \
-                (self._lookup(self.Y, inputs)[:, :-1] if self.mode == 'shared' else self._lookup(self.E, inputs))
+                self._lookup(self.Wy if self.mode == 'shared' else self.E, inputs)
             x = self._dropout(x, self.dropout_p_embed)
         for h in hidden[len(new):]:
             x = self._dropout(gru_cell(next(cells), x, h)[0], self.dropout_p_hidden)
@@ -247,19 +251,30 @@ class GRU4Rec(nn.Module):
 
         Each distinct item is read and scored once and its score column repeated for its duplicates
         among the candidates (the shared samples have many); in shared mode the input rows come from the
-        same read. So W_y's gradient arrives with one row per item (spec B9.2) and the products shrink."""
+        same read. So W_y's gradient arrives with one row per item (spec B9.2) and the products shrink.
+        b_y is read for the distinct candidates only."""
         M = len(inputs)
         if self.mode == 'shared':     # one read for inputs and candidates (they share W_y)
             rows, inverse = unique_rows(torch.cat([inputs, candidates]), self.n_items)
-            y = distinct_rows(self.Y, rows, self.sparse)
-            hidden = self.hidden_step(inputs, hidden, input_vectors=y.index_select(0, inverse[:M])[:, :-1])
+            w = distinct_rows(self.Wy, rows, self.sparse)
+            hidden = self.hidden_step(inputs, hidden, input_vectors=w.index_select(0, inverse[:M]))
             columns = inverse[M:]
         else:
             hidden = self.hidden_step(inputs, hidden)
             rows, columns = unique_rows(candidates, self.n_items)
-            y = distinct_rows(self.Y, rows, self.sparse)
-        h = F.pad(hidden[-1], (0, 1), value=1.0)           # [h, 1] . [w_i, b_i] = h . w_i + b_i
-        return F.linear(h, y).gather(1, columns.expand(M, -1)), hidden
+            w = distinct_rows(self.Wy, rows, self.sparse)
+        bias_rows, bias_columns = self._bias_rows(rows, columns)
+        bias = distinct_rows(self.By, bias_rows, self.sparse).index_select(0, bias_columns)
+        return F.linear(hidden[-1], w).gather(1, columns.expand(M, -1)) + bias, hidden
+
+    def _bias_rows(self, rows, columns):
+        """(the distinct candidate items, each candidate column's position among them), given the sorted
+        distinct `rows` a step reads and each candidate's position `columns` in them. In shared mode
+        `rows` also holds input-only items, whose b_y the step must not touch."""
+        if self.mode != 'shared':
+            return rows, columns
+        positions, bias_columns = unique_rows(columns, len(rows))
+        return rows.index_select(0, positions), bias_columns
 
     @property
     def has_fast_step(self):
@@ -277,14 +292,16 @@ class GRU4Rec(nn.Module):
         M = len(inputs)
         if self.mode == 'shared':
             rows, inverse = unique_rows(torch.cat([inputs, candidates]), self.n_items)
-            y = self.Y.index_select(0, rows)
-            x = y.index_select(0, inverse[:M])[:, :-1]
+            w = self.Wy.index_select(0, rows)
+            x = w.index_select(0, inverse[:M])
             columns = inverse[M:]
         else:
             in_rows, in_inverse = unique_rows(inputs, self.n_items)
             x = self.E.index_select(0, in_rows).index_select(0, in_inverse)
             rows, columns = unique_rows(candidates, self.n_items)
-            y = self.Y.index_select(0, rows)
+            w = self.Wy.index_select(0, rows)
+        bias_rows, bias_columns = self._bias_rows(rows, columns)
+        bias = self.By.index_select(0, bias_rows).index_select(0, bias_columns)
         noise_in = dropout_noise(x, self.dropout_p_embed)
         x = x if noise_in is None else x * noise_in
         saved, new = [], []
@@ -294,40 +311,31 @@ class GRU4Rec(nn.Module):
             saved.append((cell, x, h, gates, noise))
             x = out if noise is None else out * noise
             new.append(x)
-        top = F.pad(x, (0, 1), value=1.0)
+        top = x
         columns = columns.expand(M, -1)
-        scores = F.linear(top, y).gather(1, columns)
+        scores = F.linear(top, w).gather(1, columns) + bias
         loss, grad_scores = loss.value_and_grad(scores if correction is None else scores - correction)
+        grad_bias = grad_scores.new_zeros(len(bias_rows)).index_add_(0, bias_columns, grad_scores.sum(0))
         grad_scores = grad_scores.new_zeros(M, len(rows)).scatter_add_(1, columns, grad_scores)
-        grad_y = grad_scores.T @ top
-        grad = (grad_scores @ y)[:, :-1]
+        grad_w = grad_scores.T @ top
+        grad = grad_scores @ w
         for cell, x, h, gates, noise in reversed(saved):
             grad = gru_cell_backward(cell, x, h, gates, grad if noise is None else grad * noise)
         if noise_in is not None:
             grad = grad * noise_in
         if self.mode == 'shared':     # the input rows' part, summed per item, joins the scores' part
-            grad_x = grad.new_zeros(len(rows), self.Y.shape[1])
-            grad_x[:, :-1].index_add_(0, inverse[:M], grad)
-            self.Y.grad = _row_sparse(rows, grad_y + grad_x, self.Y.shape)
+            grad_x = grad.new_zeros(len(rows), grad.shape[1]).index_add_(0, inverse[:M], grad)
+            self.Wy.grad = _row_sparse(rows, grad_w + grad_x, self.Wy.shape)
         else:
             grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_inverse, grad)
             self.E.grad = _row_sparse(in_rows, grad_x, self.E.shape)
-            self.Y.grad = _row_sparse(rows, grad_y, self.Y.shape)
+            self.Wy.grad = _row_sparse(rows, grad_w, self.Wy.shape)
+        self.By.grad = _row_sparse(bias_rows, grad_bias, self.By.shape)
         return loss, new
 
     def score_all(self, h):
         """Scores of all N items for top-layer states h (M, L): (M, N), spec B3.2 / C4."""
         return torch.addmm(self.By, h, self.Wy.T)
-
-    @property
-    def Wy(self):
-        """Output weights W_y (N, L_last); in shared mode also the input vectors."""
-        return self.Y[:, :-1]
-
-    @property
-    def By(self):
-        """Output biases b_y (N,)."""
-        return self.Y[:, -1]
 
 
 class SampleStore:

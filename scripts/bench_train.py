@@ -95,8 +95,8 @@ class OfficialStyleGRU4Rec(GRU4Rec):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.W = torch.nn.Parameter(self.Y.detach()[:, :-1].clone())
-        self.B = torch.nn.Parameter(self.Y.detach()[:, -1:].clone())
+        self.W = torch.nn.Parameter(self.Wy.detach().clone())
+        self.B = torch.nn.Parameter(self.By.detach()[:, None].clone())
 
     def _dropout(self, x, p):         # the official code's F.dropout (an MKL Bernoulli stream per call)
         return F.dropout(x, p, training=True) if self.training and p > 0 else x

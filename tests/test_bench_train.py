@@ -28,7 +28,7 @@ def test_official_style_stand_in_scores_like_gru4rec():
     stand_in = bench_train.OfficialStyleGRU4Rec(50, layers=[8], seed=3)
     with torch.no_grad():
         stand_in.B.uniform_(-0.3, 0.3)
-        ours.Y[:, -1] = stand_in.B[:, 0]
+        ours.By.copy_(stand_in.B[:, 0])
     inputs, candidates = torch.tensor([4, 9, 4]), torch.tensor([9, 1, 1, 30, 4])
     hidden = [torch.randn(3, 8)]
     a, _ = ours.eval()(inputs, hidden, candidates)
@@ -43,7 +43,7 @@ def test_three_implementations_train_and_are_timed(split):
     speeds, model = bench_train.train_speeds(train, config, 'cpu', steps=5, rounds=2)
     assert set(speeds) == {'fast', 'plain', 'official'}
     assert all(len(v) == 2 and min(v) > 0 for v in speeds.values())
-    assert not torch.equal(model.Y, build_model(config, len(train.item_map), 'cpu').Y)   # it trained
+    assert not torch.equal(model.Wy, build_model(config, len(train.item_map), 'cpu').Wy)   # it trained
     evaluated, bound = bench_train.eval_speeds(model, test, 'cpu')
     assert evaluated > 0 and bound > 0
 

@@ -68,8 +68,8 @@ def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, m
     model = GRU4Rec(n_items, layers=layers, constrained_embedding=mode == 'shared',
                     embedding=7 if mode == 'separate' else 0, dropout_p_hidden=0.3)
     with torch.no_grad():
-        model.Y[:, -1].uniform_(-0.2, 0.2)
-        model.Y[3] = model.Y[5]                          # identical items: real ties in the scores
+        model.By.uniform_(-0.2, 0.2)
+        model.Wy[3], model.By[3] = model.Wy[5], model.By[5]                          # identical items: real ties in the scores
     for tie_mode in ('standard', 'conservative', 'median'):
         expected, n = brute_force(model, sessions, tie_mode, (1, 3, 5))
         got = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=4)
@@ -82,7 +82,7 @@ def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, m
 def test_refuses_a_model_with_nan_weights(tmp_path):
     model = GRU4Rec(3, layers=[2])
     with torch.no_grad():
-        model.Y[1, 0] = float('nan')
+        model.Wy[1, 0] = float('nan')
     data = SessionData(write_split(tmp_path / 't.txt', [(1, 'a', 1), (1, 'b', 2)]),
                        item_map=ItemMap(['a', 'b', 'c']))
     with pytest.raises(ValueError, match='non-finite'):

@@ -301,7 +301,7 @@ def test_train_checkpoints_and_eval(split, tmp_path):
     run = ckpt / runs[0]
     assert sorted(os.listdir(run)) == ['config.json', 'curves.png', 'model_00000.pt', 'model_00001.pt']
     state = torch.load(run / 'model_00001.pt', weights_only=True)
-    assert state['epoch'] == 1 and state['config']['layers'] == [16] and len(state['item_ids']) == state['model']['Y'].shape[0]
+    assert state['epoch'] == 1 and state['config']['layers'] == [16] and len(state['item_ids']) == state['model']['Wy'].shape[0]
     assert state['sampler']['pointer'] > 0 and state['optimizer']['state']
     epoch_recall = float(result.stdout.split('epoch 1')[1].split('Recall@20 ')[1].split()[0])
 
@@ -447,6 +447,33 @@ def test_resume_edge_cases(tmp_path):
     write_split(tmp_path / 'train.txt', [(s, f'j{(s + k) % 5}', 10 * s + k) for s in range(40) for k in range(2)])
     with pytest.raises(InputError, match='no longer gives the item map'):
         main.main(['--resume', run, '--n_epochs', '4'])
+
+
+def to_the_old_layout(path):
+    """Rewrite a checkpoint as code before issue #20 saved it: W_y and b_y as one table Y = [W_y | b_y],
+    the model's first parameter, with the optimiser state to match."""
+    state = torch.load(path, weights_only=True)
+    model = state['model']
+    state['model'] = {'Y': torch.cat([model.pop('Wy'), model.pop('By')[:, None]], 1), **model}
+    old = state['optimizer']['state']
+    joined = {key: torch.cat([old[0][key], old[1][key][:, None]], 1) for key in old[0]}
+    state['optimizer']['state'] = {0: joined, **{k - 1: v for k, v in old.items() if k > 1}}
+    for group in state['optimizer']['param_groups']:
+        group['params'] = list(range(len(group['params']) - 1))
+    torch.save(state, path)
+
+
+def test_a_checkpoint_of_the_old_output_layout_evaluates_and_resumes_exactly(tmp_path):
+    train = small_train_file(tmp_path)
+    common = ['--train_data', train, *SMALL, '--sample_store', '10000', '--momentum', '0.3']
+    straight, _ = main.main([*common, '--n_epochs', '3', '--checkpoint_dir', str(tmp_path / 'straight')])
+    two, _ = main.main([*common, '--n_epochs', '2', '--checkpoint_dir', str(tmp_path / 'two')])
+    reference = main.main(['--is_eval', '--load_model', two, '--valid_data', train])
+    to_the_old_layout(two)
+    assert 'Y' in weights(two)
+    assert main.main(['--is_eval', '--load_model', two, '--valid_data', train]) == reference
+    extended, _ = main.main(['--resume', os.path.dirname(two), '--n_epochs', '3'])
+    assert same_weights(extended, straight)
 
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(split, tmp_path):

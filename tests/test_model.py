@@ -27,7 +27,7 @@ def test_initialisation_per_gate_bounds_zero_biases_and_seed():
     other = GRU4Rec(N, layers=[8, 6], constrained_embedding=True, seed=7)
     for (name, p), q, r in zip(model.state_dict().items(), again.state_dict().values(), other.state_dict().values()):
         assert torch.equal(p, q), name
-        if 'weight' in name or name == 'Y':
+        if 'weight' in name or name == 'Wy':
             assert not torch.equal(p, r), name
     assert torch.all(model.By == 0)
     assert near_bound(model.Wy, math.sqrt(6 / (N + 6)))
@@ -66,7 +66,7 @@ def test_modes_have_the_right_tables():
     assert shared.mode == 'shared' and not hasattr(shared, 'E')
     assert separate.mode == 'separate' and separate.E.shape == (N, 7) and separate.cells[0].weight_ih.shape == (15, 7)
     assert none.mode == 'none' and none.Wx0.shape == (N, 15) and len(none.cells) == 1
-    assert none.Y.shape == (N, 5)                       # last layer 4 + the bias column
+    assert none.Wy.shape == (N, 4) and none.By.shape == (N,)       # the last layer's width
 
 
 def test_shared_mode_step_is_a_grucell_on_the_output_row():
@@ -113,7 +113,7 @@ def test_onehot_first_layer_follows_the_single_bias_gru_formula():
 def test_scores_of_candidates_and_of_all_items():
     model = GRU4Rec(N, layers=[6]).eval()
     with torch.no_grad():
-        model.Y[:, -1].uniform_(-1, 1)                  # non-zero biases
+        model.By.uniform_(-1, 1)                        # non-zero biases
     inputs, candidates = torch.tensor([1, 2]), torch.tensor([5, 9, 5, 0])
     h = [torch.randn(2, 6)]
     scores, new = model(inputs, h, candidates)
@@ -203,12 +203,50 @@ def test_training_scores_read_each_item_once_and_repeat_duplicate_columns():
     scores, new = model(inputs, [torch.randn(2, 6)], candidates)
     assert torch.equal(scores[:, 1], scores[:, 2]) and torch.equal(scores[:, 1], scores[:, 3])
     scores.sum().backward()
-    assert model.Y.grad.is_coalesced() and model.Y.grad.indices()[0].tolist() == [4, 5, 9, 21]
+    assert model.Wy.grad.is_coalesced() and model.Wy.grad.indices()[0].tolist() == [4, 5, 9, 21]
     top = new[-1].detach()
-    expected = torch.zeros(N, 7)
-    for c in candidates.tolist():                    # every column adds [h, 1] to its item's row
-        expected[c] += torch.cat([top, torch.ones(2, 1)], 1).sum(0)
-    assert torch.allclose(model.Y.grad.to_dense()[[5, 21]], expected[[5, 21]], atol=1e-5)
+    expected = torch.zeros(N, 6)
+    for c in candidates.tolist():                    # every column adds h to its item's row
+        expected[c] += top.sum(0)
+    assert torch.allclose(model.Wy.grad.to_dense()[[5, 21]], expected[[5, 21]], atol=1e-5)
+    # b_y: only the candidates' rows, each column adding 1 per row of the batch; item 4 is an input only
+    assert model.By.grad.is_coalesced() and model.By.grad.indices()[0].tolist() == [5, 9, 21]
+    assert model.By.grad.to_dense()[[5, 9, 21]].tolist() == [6.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_an_input_only_item_keeps_its_bias_under_momentum(fast):
+    """The official code's b_y is its own table, touched by candidates only: an item that is only an
+    input of a step moves its W_y row (its input vector) but its bias, accumulator and velocity stay
+    as they were, although its velocity is non-zero from an earlier step."""
+    from loss import loss_function
+    from optimizer import AdagradM
+    torch.manual_seed(0)
+    model = GRU4Rec(N, layers=[6], dropout_p_hidden=0.0)
+    optimizer = AdagradM(model.parameters(), lr=0.1, momentum=0.5)
+    xe = loss_function('cross-entropy', 'softmax', 2)
+
+    def step(inputs, candidates):
+        inputs, candidates = torch.tensor(inputs), torch.tensor(candidates)
+        hidden = [torch.randn(2, 6)]
+        if fast:
+            model.train_step(inputs, hidden, candidates, xe)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            xe(model(inputs, hidden, candidates)[0]).backward()
+        optimizer.update()
+
+    step([1, 2], [4, 9, 3])                          # item 4 a candidate: bias, acc and velocity move
+    state = optimizer.state
+    before = [t.detach().clone() for t in (model.By, state[model.By]['acc'], state[model.By]['velocity'])]
+    wy_before = model.Wy.detach().clone()
+    assert before[0][4] != 0 and before[2][4] != 0
+    step([4, 7], [9, 3, 9])                          # item 4 only an input now
+    after = (model.By, state[model.By]['acc'], state[model.By]['velocity'])
+    for old, new in zip(before, after):
+        assert old[4] == new[4] and old[7] == new[7]
+        assert old[9] != new[9]
+    assert not torch.equal(wy_before[4], model.Wy[4]) and not torch.equal(wy_before[7], model.Wy[7])
 
 
 def test_rejects_bad_configuration():

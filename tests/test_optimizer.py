@@ -112,6 +112,6 @@ def test_torch_optimisers_train_gru4rec_with_dense_gradients(tmp_path, name):
     assert not model.sparse and not model.has_fast_step            # torch's optimisers get dense gradients
     start = {k: v.clone() for k, v in model.state_dict().items()}
     losses = [train_epoch(*run, config, 'cpu')[0] for _ in range(3)]
-    assert not model.Y.grad.is_sparse and model.Y.grad.shape == model.Y.shape
+    assert not model.Wy.grad.is_sparse and model.Wy.grad.shape == model.Wy.shape
     assert all(not torch.equal(start[k], v) for k, v in model.state_dict().items() if k != 'cells.0.bias_hh')
     assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
