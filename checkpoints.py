@@ -37,7 +37,8 @@ def build_model(config, n_items, device):
     return GRU4Rec(n_items, layers=config['layers'], embedding=config['embedding_dim'],
                    constrained_embedding=config['constrained_embedding'],
                    dropout_p_embed=config['dropout_input'], dropout_p_hidden=config['dropout_hidden'],
-                   seed=config['seed'], sparse=config['optimizer_type'] in SPARSE_OK).to(device)
+                   seed=config['seed'], sparse=config['optimizer_type'] in SPARSE_OK,
+                   bernoulli_dropout='dropout_bernoulli' in config.get('official_quirks', ())).to(device)
 
 
 def new_run_dir(root):

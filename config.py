@@ -25,7 +25,18 @@ MODELS = ('GRU4Rec',) + tuple(OTHER_MODELS)
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
                 dropout_input=0.0, dropout_hidden=0.0, lr=0.1, momentum=0.0, n_sample=2048, sample_alpha=0.5,
                 bpreg=1.0, logq=0.0, constrained_embedding=True, embedding_dim=0, n_epochs=10,
-                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True)
+                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True, official_quirks=[])
+
+# --official_quirks: the official PyTorch code's behaviour where ours deliberately differs (training.py's
+# docstring); each measured in benchmarks/RESULTS.md ("Faithfulness"); `--official_quirks` alone = all
+QUIRKS = {
+    'n_valid': 'logQ in-batch / sampled split and loss weights at the configured batch size, also when '
+               'fewer slots are active (PT fit never updates n_valid, spec B12.1)',
+    'logq_xe_only': 'logQ correction with cross-entropy only (PT); ours applies it to any loss with logq > 0',
+    'logq_float32': 'logQ as log(supp) and log(supp ** alpha) in float32 (PT); ours: logq * alpha * log(supp)',
+    'dropout_bernoulli': "dropout masks drawn by torch's Bernoulli kernel, as nn.Dropout (ours: uniform >= p)",
+    'sampler_float32': 'negative samples from float32 uniforms against a float32 CDF (PT; ours: float64)',
+}
 
 # published configurations (spec B11)
 PRESETS = {
@@ -168,6 +179,13 @@ def resolve_config(args):
         if 'embedding_dim' in given and 'constrained_embedding' not in given:
             config['constrained_embedding'] = False     # asking for an embedding width means that mode
         check_pairing(config['loss_type'], config['final_act'])
+        if args.official_quirks == []:                  # the bare flag: every quirk
+            config['official_quirks'] = list(QUIRKS)
+        quirks = config['official_quirks']
+        config['official_quirks'] = quirks.replace('/', ',').split(',') if isinstance(quirks, str) else list(quirks)
+        unknown = [q for q in config['official_quirks'] if q not in QUIRKS]
+        if unknown:
+            raise ValueError(f'--official_quirks {unknown[0]}: expected one of {", ".join(QUIRKS)} (or none: all)')
     except ValueError as err:
         raise InputError(str(err)) from None
     checks = [('batch_size', config['batch_size'] >= 1, '>= 1'), ('n_epochs', config['n_epochs'] >= 1, '>= 1'),

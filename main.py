@@ -15,7 +15,7 @@ import os
 
 from checkpoints import load_checkpoint, write_json
 from cli import ArgumentParser, InputError, run_cli
-from config import MODELS, PRESETS, data_path, resolve_baseline_config, resolve_config
+from config import MODELS, PRESETS, QUIRKS, data_path, resolve_baseline_config, resolve_config
 from dataset import SessionData
 from devices import make_deterministic, pick_device
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
@@ -59,6 +59,9 @@ def parse_args(argv=None):
     g.add_argument('--sample_store', type=int, help='negatives generated at once')
     g.add_argument('--fast_step', action=argparse.BooleanOptionalAction,
                    help='train with the hand-written backward (same numbers; --no-fast_step = plain autograd)')
+    g.add_argument('--official_quirks', nargs='*', metavar='QUIRK', help='the official PyTorch code\'s behaviour '
+                   'where ours deliberately differs, by name (' + ', '.join(QUIRKS) + '); the flag alone: all. '
+                   'Measured effect: README, "Faithfulness"')
     g.add_argument('--max_seq_length', type=int, help='comparison models: clicks of history kept (default 50)')
     d = p.add_argument_group('data, checkpoints and evaluation')
     d.add_argument('--data_folder', default='data', help='folder of bare file names in --train_data/--valid_data')

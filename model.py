@@ -150,11 +150,17 @@ def gru_cell_backward(cell, x, h, gates, grad):
     return grad_gi @ cell.weight_ih
 
 
-def dropout_noise(x, p):
+def dropout_noise(x, p, bernoulli=False):
     """Inverted dropout's scaled keep mask for x (spec B4): 1 / (1 - p) with probability 1 - p, else 0;
-    None when p = 0. Both training paths multiply by it. (torch's F.dropout draws the same distribution
-    through an MKL Bernoulli stream set up on every call: 1.7x slower at 32 x 100, 3x at 80 x 224.)"""
-    return torch.rand_like(x).ge_(p).div_(1.0 - p) if p > 0 else None
+    None when p = 0. Both training paths multiply by it. By default drawn as uniform >= p: torch's
+    F.dropout (the official code's nn.Dropout) draws the same distribution through an MKL Bernoulli
+    stream set up on every call, 1.7x slower at 32 x 100, 3x at 80 x 224; bernoulli=True draws it that
+    way (--official_quirks dropout_bernoulli: the same values as nn.Dropout from the same RNG state)."""
+    if p <= 0:
+        return None
+    if bernoulli:
+        return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+    return torch.rand_like(x).ge_(p).div_(1.0 - p)
 
 
 class GRU4Rec(nn.Module):
@@ -162,7 +168,7 @@ class GRU4Rec(nn.Module):
     constrained_embedding: shared input/output item vectors (takes precedence over `embedding`)."""
 
     def __init__(self, n_items, layers=(100,), embedding=0, constrained_embedding=True,
-                 dropout_p_embed=0.0, dropout_p_hidden=0.0, seed=42, sparse=True):
+                 dropout_p_embed=0.0, dropout_p_hidden=0.0, seed=42, sparse=True, bernoulli_dropout=False):
         super().__init__()
         if n_items < 1 or not layers or min(layers) < 1:
             raise ValueError(f'need n_items >= 1 and positive layer sizes, got {n_items}, {list(layers)}')
@@ -172,7 +178,7 @@ class GRU4Rec(nn.Module):
         self.n_items, self.layers = n_items, list(layers)
         self.mode = 'shared' if constrained_embedding else ('separate' if embedding > 0 else 'none')
         self.dropout_p_embed, self.dropout_p_hidden = dropout_p_embed, dropout_p_hidden
-        self.sparse = sparse
+        self.sparse, self.bernoulli_dropout = sparse, bernoulli_dropout
         rng = np.random.RandomState(seed)
         last = self.layers[-1]
         # output layer: weights W_y (N x L) and biases b_y (N), two row-sparse tables (module docstring)
@@ -210,7 +216,7 @@ class GRU4Rec(nn.Module):
         return lookup(table, index, sparse=self.sparse)
 
     def _dropout(self, x, p):
-        return x * dropout_noise(x, p) if self.training and p > 0 else x
+        return x * dropout_noise(x, p, self.bernoulli_dropout) if self.training and p > 0 else x
 
     def _first_layer_onehot(self, inputs, h):
         """Spec B3.3: [a_r, a_z, a_h] = x W_x + b with x one-hot; r, z gates and candidate from h U."""
@@ -302,12 +308,12 @@ class GRU4Rec(nn.Module):
             w = self.Wy.index_select(0, rows)
         bias_rows, bias_columns = self._bias_rows(rows, columns)
         bias = self.By.index_select(0, bias_rows).index_select(0, bias_columns)
-        noise_in = dropout_noise(x, self.dropout_p_embed)
+        noise_in = dropout_noise(x, self.dropout_p_embed, self.bernoulli_dropout)
         x = x if noise_in is None else x * noise_in
         saved, new = [], []
         for cell, h in zip(self.cells, hidden):
             out, gates = gru_cell(cell, x, h)
-            noise = dropout_noise(out, self.dropout_p_hidden)
+            noise = dropout_noise(out, self.dropout_p_hidden, self.bernoulli_dropout)
             saved.append((cell, x, h, gates, noise))
             x = out if noise is None else out * noise
             new.append(x)
@@ -343,15 +349,17 @@ class SampleStore:
 
     A store of floor(store_size / n_sample) rows x n_sample item indices is generated in one vectorised
     call (inverse CDF: the first item whose cumulative probability exceeds a uniform draw); each step
-    takes the next row; a used-up store is regenerated. The store persists across epochs.
+    takes the next row; a used-up store is regenerated. The store persists across epochs. Uniforms and
+    CDF are float64 (dtype=torch.float32: the official code's float32, --official_quirks sampler_float32).
     `state_dict()` is small: the generator state the current store was drawn from, and the row pointer.
     """
 
-    def __init__(self, support, n_sample, alpha, store_size=10_000_000, seed=42, device='cpu'):
+    def __init__(self, support, n_sample, alpha, store_size=10_000_000, seed=42, device='cpu', dtype=torch.float64):
         weights = torch.as_tensor(np.asarray(support, dtype=np.float64) ** alpha)
         cdf = torch.cumsum(weights, 0) / weights.sum()
         cdf[-1] = 1.0
-        self.cdf = cdf.to(device)
+        self.cdf = cdf.to(device, dtype)
+        self.dtype = dtype
         self.n_sample, self.device = n_sample, device
         self.rows = max(1, store_size // max(n_sample, 1))
         self.generator = torch.Generator(device=device)
@@ -360,7 +368,7 @@ class SampleStore:
 
     def _refill(self):
         self.generated_from = self.generator.get_state()
-        u = torch.rand(self.rows, self.n_sample, dtype=torch.float64, generator=self.generator,
+        u = torch.rand(self.rows, self.n_sample, dtype=self.dtype, generator=self.generator,
                        device=self.device)
         self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
         self.pointer = 0

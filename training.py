@@ -8,9 +8,13 @@ when `logq` > 0; the loss of loss.py; the optimiser of optimizer.py. Baselines a
 training file and checkpointed in the same format (model_00000.pt; BPR-MF one per epoch), and evaluated
 by the same code.
 
-Deliberate differences from the official PyTorch code: logQ applies to any loss when logq > 0 (as the
-Theano code; PT only for cross-entropy), and the in-batch / sampled split of the logQ columns and the
-epoch-loss weights use the real number of active slots (PT keeps the configured batch size, B12.1).
+Deliberate differences from the official PyTorch code, each undone by one `--official_quirks` name
+(config.QUIRKS; measured in benchmarks/RESULTS.md, "Faithfulness"): logQ applies to any loss when
+logq > 0 (as the Theano code; PT only for cross-entropy: `logq_xe_only`); the in-batch / sampled split of
+the logQ columns and the epoch-loss weights use the real number of active slots (PT's fit keeps the
+configured batch size, spec B12.1: `n_valid`); the logQ table is logq * alpha * log(supp) (PT takes
+log(supp ** alpha) in float32 every step: `logq_float32`); the dropout masks and the negative samples
+are drawn differently from the same distributions (`dropout_bernoulli`, `sampler_float32`).
 """
 import itertools
 import json
@@ -43,11 +47,12 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     """One pass over all training sessions (spec B10). Returns (mean loss per target, targets, steps).
     max_steps cuts the epoch short (for benchmarks only)."""
     n_sample = config['n_sample']
+    split = config['batch_size'] if 'n_valid' in config.get('official_quirks', ()) else None   # B12.1
     fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
     update = getattr(optimizer, 'update', optimizer.step)     # AdagradM: its step without torch's wrapper
     hidden = model.init_hidden(iterator.n_slots, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    n_targets = n_steps = 0
+    n_targets = n_steps = weights = 0
     start = time.perf_counter()
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:
@@ -64,9 +69,13 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
         correction = None
         if logq_tables is not None:                  # spec B6
             in_batch, sampled = logq_tables
-            correction = in_batch.index_select(0, targets)
-            if n_sample:
-                correction = torch.cat([correction, sampled.index_select(0, samples)])
+            if split is not None:                    # PT: the first B candidates count as in-batch
+                correction = torch.cat([in_batch.index_select(0, candidates[:split]),
+                                        sampled.index_select(0, candidates[split:])])
+            else:
+                correction = in_batch.index_select(0, targets)
+                if n_sample:
+                    correction = torch.cat([correction, sampled.index_select(0, samples)])
         if fast:      # the same numbers as the plain lines below, with a hand-written backward (issue #6)
             loss, hidden = model.train_step(inputs, hidden, candidates, loss_fn, correction)
         else:
@@ -77,18 +86,20 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
         update()
         if not fast:
             hidden = [h.detach() for h in hidden]
-        total.add_(loss.detach(), alpha=len(targets))
+        weight = len(targets) if split is None else split
+        total.add_(loss.detach(), alpha=weight)
+        weights += weight
         n_targets += len(targets)
         n_steps += 1
         if n_steps % 200 == 0:
-            current = total.item() / n_targets
+            current = total.item() / weights
             if not math.isfinite(current):
                 raise Diverged(f'step {n_steps}')
             if progress is None:
                 continue
             progress.update(200)
             progress.set_postfix(loss=f'{current:.4f}', events_s=f'{n_targets / (time.perf_counter() - start):,.0f}')
-    mean = total.item() / max(n_targets, 1)
+    mean = total.item() / max(weights, 1)
     if not math.isfinite(mean):
         raise Diverged('the end of the epoch')
     return mean, n_targets, n_steps
@@ -103,12 +114,20 @@ def training_setup(config, data, device, model=None):
     loss_fn = loss_function(config['loss_type'], config['final_act'], config['batch_size'], config['bpreg'])
     iterator = SessionParallelIterator(data, config['batch_size'])
     support = data.item_support()
+    quirks = config.get('official_quirks', ())
     sampler = SampleStore(support, config['n_sample'], config['sample_alpha'], config['sample_store'],
-                          seed=config['seed'], device=device) if config['n_sample'] else None
+                          seed=config['seed'], device=device,
+                          dtype=torch.float32 if 'sampler_float32' in quirks else torch.float64) \
+        if config['n_sample'] else None
     logq_tables = None
-    if config['logq'] > 0:          # spec B6; supp >= 1 for every item of the training map
-        log_support = torch.log(torch.from_numpy(support).float()).to(device)
-        logq_tables = (config['logq'] * log_support, config['logq'] * config['sample_alpha'] * log_support)
+    if config['logq'] > 0 and ('logq_xe_only' not in quirks or config['loss_type'] == 'cross-entropy'):
+        counts = torch.from_numpy(support).float()            # spec B6; supp >= 1 for every training item
+        if 'logq_float32' in quirks:                           # PT: log(supp) and log(supp ** alpha), float32
+            logq_tables = (config['logq'] * torch.log(counts), config['logq'] * torch.log(counts ** config['sample_alpha']))
+        else:
+            log_support = torch.log(counts)
+            logq_tables = (config['logq'] * log_support, config['logq'] * config['sample_alpha'] * log_support)
+        logq_tables = tuple(t.to(device) for t in logq_tables)
     return model, optimizer, loss_fn, iterator, sampler, logq_tables
 
 

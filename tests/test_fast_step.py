@@ -24,6 +24,9 @@ CASES = {
         layers=[20], n_sample=30, logq=0.5, momentum=0.3),
     'BPR, shared, torch Adagrad': dict(loss_type='bpr', final_act='linear', layers=[16], n_sample=20,
                                        optimizer_type='Adagrad', lr=0.05),
+    'XE + logQ, shared, every official quirk': dict(PRESETS['rsc15_xe_shared_100'], layers=[24], n_sample=40,
+                                                  dropout_input=0.2, official_quirks=['n_valid', 'logq_float32',
+                                                  'dropout_bernoulli', 'sampler_float32']),
     'TOP1-max, shared, momentum': dict(loss_type='top1-max', final_act='linear', layers=[18], n_sample=40,
                                        momentum=0.5, dropout_hidden=0.3, lr=0.05),
 }

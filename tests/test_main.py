@@ -239,7 +239,8 @@ class Spy(torch.nn.Module):
 SESSIONS = ['abcd', 'ba', 'cad', 'dcbea', 'ed', 'ac']
 
 
-def test_hidden_state_zero_at_each_new_session_carried_otherwise_and_logq_subtracted(tmp_path):
+@pytest.mark.parametrize('n_valid_quirk', [False, True])
+def test_hidden_state_zero_at_each_new_session_carried_otherwise_and_logq_subtracted(tmp_path, n_valid_quirk):
     rows = [(s, item, 10 * s + t) for s, session in enumerate(SESSIONS) for t, item in enumerate(session)]
     data = SessionData(write_split(tmp_path / 'train.txt', rows))
     where = {(a, b): (s, t) for s, session in enumerate(SESSIONS) for t, (a, b) in enumerate(zip(session, session[1:]))}
@@ -247,7 +248,7 @@ def test_hidden_state_zero_at_each_new_session_carried_otherwise_and_logq_subtra
     names = data.item_map.to_list()
     support = {'a': 5, 'b': 3, 'c': 4, 'd': 4, 'e': 2}
     config = dict(DEFAULTS, layers=[5, 3], batch_size=3, n_sample=4, sample_alpha=0.5, logq=0.7, n_epochs=1,
-                  dropout_hidden=0.3)
+                  dropout_hidden=0.3, official_quirks=['n_valid'] if n_valid_quirk else [])
     spy = Spy(build_model(config, len(data.item_map), 'cpu'))
     model, optimizer, loss_fn, iterator, sampler, logq_tables = training_setup(config, data, 'cpu', model=spy)
     received = []
@@ -267,12 +268,15 @@ def test_hidden_state_zero_at_each_new_session_carried_otherwise_and_logq_subtra
                 else:                                                           # else the state it left
                     assert torch.equal(h[row], output[s, t - 1][layer])
             output[s, t] = [h[row] for h in new]
-        # logQ (spec B6): subtracted from the raw scores before the loss and its activation
+        # logQ (spec B6): subtracted from the raw scores before the loss and its activation; the first M
+        # candidates (the targets) are in-batch, or with the official code's quirk B12.1 the first B = 3
         log_q = torch.tensor([math.log(support[names[c]]) for c in candidates.tolist()])
-        correction = torch.cat([0.7 * log_q[:M], 0.7 * 0.5 * log_q[M:]])
+        split = 3 if n_valid_quirk else M
+        correction = torch.cat([0.7 * log_q[:split], 0.7 * 0.5 * log_q[split:]])
         assert torch.allclose(x, scores - correction, atol=1e-6)
-        total += loss_fn(scores - correction).item() * M
-    assert loss == pytest.approx(total / n_targets, rel=1e-6)     # the epoch's loss weights steps by active slots
+        total += loss_fn(scores - correction).item() * (3 if n_valid_quirk else M)
+    # the epoch's loss weights steps by active slots (with the quirk: all by B, so a plain mean)
+    assert loss == pytest.approx(total / (3 * n_steps if n_valid_quirk else n_targets), rel=1e-6)
 
 
 def test_zero_samples_stop_when_fewer_than_two_slots_remain(tmp_path):
