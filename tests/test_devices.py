@@ -7,7 +7,6 @@ import shutil
 import pytest
 import torch
 
-import baselines
 import checkpoints
 from checkpoints import load_checkpoint, save_checkpoint
 from cli import InputError
@@ -17,7 +16,6 @@ from dataset import SessionData
 import devices
 from devices import pick_device, rng_state, set_rng_state
 from evaluation import DEVICE_SCORE_BLOCK, SCORE_BLOCK, evaluate, score_rows
-import main
 from training import train_epoch, training_setup
 
 SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--n_epochs', '1', '--dropout_hidden', '0.1',

@@ -15,12 +15,11 @@ import torch
 
 from checkpoints import build_model
 from cli import InputError
-from config import DEFAULTS, PRESETS, resolve_config
+from config import DEFAULTS, resolve_config
 from conftest import ROOT, SAMPLE, needs_sample, run_command, write_split
 from dataset import SessionData, SessionParallelIterator
 from loss import loss_function
 import main
-from model import SampleStore
 from optimizer import make_optimizer
 import preprocessing
 from scripts.make_synthetic import generate, write_raw

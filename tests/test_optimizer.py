@@ -98,7 +98,6 @@ def test_make_optimizer_refuses_unknown_names():
 
 @pytest.mark.parametrize('name', ['Adam', 'SGD', 'RMSprop'])
 def test_torch_optimisers_train_gru4rec_with_dense_gradients(tmp_path, name):
-    from checkpoints import build_model
     from config import DEFAULTS
     from conftest import write_split
     from dataset import SessionData
