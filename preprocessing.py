@@ -28,9 +28,11 @@ yoochoose | diginetica | retailrocket | rees46 | coveo | custom (J1 steps 3-7, c
   order; Time in seconds: integers where the data has seconds, 3 decimals where it has milliseconds) and
   <name>_stats.json. `--variant yoochoose` is the old name of `--dataset yoochoose`.
 
---recent_fraction N keeps only the most recent 1/N of the training sessions (the "YOOCHOOSE 1/64"
-  protocol of NARM/STAMP/SR-GNN): the training sessions are ordered by their last click (ties by
-  session id) and the last floor(n/N) of them are kept, in train_full and in train_tr alike. For
+--recent_fraction N keeps the most recent 1/N of the training data by the rule of the "YOOCHOOSE 1/64"
+  sets (datasets-spec J2.7): the training sessions are ordered by their last click (ties by session id),
+  the last floor(P/N) of their P prefixes are kept, and with them every session from the one owning
+  the first kept prefix on; in train_full and in train_tr alike. (The whole SRG protocol, with its own
+  filtering and split, is --protocol srgnn: srgnn.py.) For
   rsc15 the test and validation files are then filtered again against the reduced training items
   (unseen items out, then sessions shorter than 2), so every file pair stays consistent.
   The files get the prefix `<name>_1_<N>_`.
@@ -189,14 +191,22 @@ def rows_to_mask(rows, n):
 
 
 def keep_recent_sessions(s_codes, session_ids, time, mask, fraction):
-    """Keep the most recent floor(n/fraction) sessions of mask, ordered by last click then session id."""
+    """Datasets-spec J2.7 on the sessions of mask, ordered by last click then session id: of their training
+    prefixes (a session of n clicks owns n - 1) the last floor(P / fraction) are kept, and as sessions every
+    session from the one owning the first kept prefix on. (Before issue #21 this kept the last
+    floor(n / fraction) sessions, a fraction of sessions rather than of prefixes.)"""
     end = per_group(np.maximum, s_codes, time, mask)
     ids = np.zeros(len(end), dtype=session_ids.dtype)
     ids[s_codes] = session_ids
     present = np.flatnonzero(end != NO_CLICK_MAX)
     order = present[np.lexsort((ids[present], end[present]))]
+    prefixes = np.bincount(s_codes[mask], minlength=len(end))[order] - 1
+    total = int(prefixes.sum())
+    if total // fraction == 0:
+        raise InputError(f'--recent_fraction {fraction}: {total} training prefixes leave none to keep')
+    owner = np.searchsorted(np.cumsum(prefixes), total - total // fraction, side='right')
     keep = np.zeros(len(end), dtype=bool)
-    keep[order[len(order) - len(order) // fraction:]] = True
+    keep[order[owner:]] = True
     return mask & keep[s_codes]
 
 
