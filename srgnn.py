@@ -20,7 +20,9 @@ header SessionId ItemId Time, and <name>_stats.json), so every command of the re
   after split - window; its clicks filtered against train_tr; the 1/N cut on train_tr's prefixes).
 * `convert_files` (preprocessing.py --dataset srgnn_files): all_train_seq.txt (training sessions, date
   order) and test.txt ((prefixes, labels); a session is rebuilt from its run of pairs, whose first is the
-  longest prefix plus its label); train_tr / train_valid = the training sessions split 9:1 in their order.
+  longest prefix plus its label), or, when a `*test*_time.txt` is there, its sessions of (item, time) pairs
+  (test.txt must then hold their n - 1 pairs each, or the n - 2 of variants that leave out ([s1], s2), as
+  the RetailRocket files do); train_tr / train_valid = the training sessions split 9:1 in their order.
   The files are pickles: `load_pickle` allows list / tuple / int / float / str and nothing else, so no
   code chosen by the file's author can run.
 
@@ -129,20 +131,29 @@ def read_files(folder):
     pairs = load_pickle(test_path)
     if not isinstance(pairs, (list, tuple)) or len(pairs) != 2:
         raise InputError(f'{test_path}: expected a pair (prefixes, labels)')
-    test = sessions_from_pairs(check_sessions(pairs[0], test_path, 'a list of prefixes'), list(pairs[1]), test_path)
-    times = None
-    for name in sorted(os.listdir(folder)):
-        if name.endswith('_time.txt') and 'test' in name:
-            path = os.path.join(folder, name)
-            timed = check_sessions(load_pickle(path), path, 'a list of sessions of (item, time) pairs')
-            if [[pair[0] for pair in s] for s in timed] != test:
-                raise InputError(f'{path}: its sessions are not those rebuilt from {test_path}')
-            times = [[pair[1] for pair in s] for s in timed]
+    prefixes, labels = check_sessions(pairs[0], test_path, 'a list of prefixes'), list(pairs[1])
+    timed = [name for name in sorted(os.listdir(folder)) if name.endswith('_time.txt') and 'test' in name]
+    if not timed:
+        return train, checked(train_path, train, test_path, sessions_from_pairs(prefixes, labels, test_path)), None
+    path = os.path.join(folder, timed[0])     # the whole test sessions, with their real times
+    sessions = check_sessions(load_pickle(path), path, 'a list of sessions of (item, time) pairs')
+    if not all(isinstance(pair, (list, tuple)) and len(pair) == 2 for s in sessions for pair in s):
+        raise InputError(f'{path}: expected sessions of (item, time) pairs')
+    test = [[pair[0] for pair in s] for s in sessions]
+    full, without_first = sum(len(s) - 1 for s in test), sum(max(len(s) - 2, 0) for s in test)
+    if len(prefixes) not in (full, without_first):     # some variants leave out every ([s1], s2) pair
+        raise InputError(f'{test_path}: {len(prefixes):,} pairs, but the sessions of {path} give {full:,} '
+                         f'(or {without_first:,} without their first prediction)')
+    return train, checked(train_path, train, path, test), [[float(pair[1]) for pair in s] for s in sessions]
+
+
+def checked(train_path, train, test_path, test):
+    """Raise unless every session holds at least two integer items; returns test."""
     for path, sessions in ((train_path, train), (test_path, test)):
         for s in sessions:
             if len(s) < 2 or not all(type(x) is int for x in s):
                 raise InputError(f'{path}: a session must hold at least two integer items, got {s[:5]}')
-    return train, test, times
+    return test
 
 
 def convert_files(folder, output_dir, name, log=print):
