@@ -100,6 +100,8 @@ def test_recent_fraction_cuts_training_prefixes():
     assert sets['train_tr'] == [[5, 2, 5, 5, 5]]                 # 10 prefixes: the last 2 are session 13's
     assert sets['test'] == [[2, 1]]                              # the full test set, filtered on the full train
     assert prefixes == {'train_full': 2, 'train_tr': 2}
+    rows, codes, items, _, _ = srgnn.srg_sets(raw_clicks(), window_days=3, recent_fraction=11)
+    assert sets_of(rows, codes, items)['train_full'] == [[1, 2]]   # the 1 kept prefix is the last session's alone
 
 
 def test_command_writes_the_four_files_in_date_order(tmp_path):
@@ -174,6 +176,9 @@ def test_files_are_converted_exactly(tmp_path):
     assert read_sessions(out / 'toy_train_valid.txt') == {3: [(12, 5.0), (13, 6.0), (10, 7.0)]}
     stats = json.loads((out / 'toy_stats.json').read_text())['sets']
     assert stats['toy_test.txt'] == {'events': 5, 'sessions': 2, 'items': 4, 'predictions': 3}
+    twenty = write_files(tmp_path / 'twenty', [[k, k + 1] for k in range(20)], PAIRS)
+    stats = srgnn.convert_files(twenty, str(tmp_path / 'out'), 'twenty', log=lambda *a: None)
+    assert stats['twenty_train_tr.txt']['sessions'] == 18 and stats['twenty_train_valid.txt']['sessions'] == 2
 
 
 def test_real_test_times_are_used(tmp_path):
