@@ -307,7 +307,8 @@ def main_(argv=None):
     p.add_argument('--quick', action='store_true', help='rsc15: run on the real sample (or the synthetic demo data)')
     p.add_argument('--name', help='results/<name> (default: rsc15, quick, or the srgnn prefix)')
     p.add_argument('--results_dir', default=os.path.join(ROOT, 'results'))
-    p.add_argument('--only', nargs='+', help='run only these models (names as in the table, e.g. POP Item-KNN)')
+    p.add_argument('--only', nargs='+', help='run only these models, in this order (names as in the table, e.g. POP '
+                   'Item-KNN)')
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, help='torch threads (default: torch\'s; 1 on a shared machine)')
     args = p.parse_args(argv)
@@ -322,7 +323,10 @@ def main_(argv=None):
     if srg and args.quick:
         raise InputError('--quick is for --benchmark rsc15 (for srgnn, preprocess a folder and pass --data)')
     table_runs = SRG_RUNS if srg else RUNS
-    runs = [r for r in table_runs if not args.only or r[0] in args.only]
+    by_name = {r[0]: r for r in table_runs}
+    unknown = [name for name in args.only or [] if name not in by_name]
+    runs = [by_name[name] for name in dict.fromkeys(args.only)] if args.only and not unknown else \
+        [] if args.only else list(table_runs)                     # --only: its models, in its order
     if not runs:
         raise InputError(f'--only {" ".join(args.only)}: no such model (expected some of '
                          f'{", ".join(r[0] for r in table_runs)})')
