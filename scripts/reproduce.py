@@ -360,9 +360,10 @@ def main_(argv=None):
     results = []
     from tqdm import tqdm
 
+    origin = provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device)   # as it starts
+
     def write_all():           # after every model: a cut-off benchmark leaves what it measured
-        record = {'benchmark': args.benchmark, 'data': source, 'train': train, 'test': test,
-                  'provenance': provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device),
+        record = {'benchmark': args.benchmark, 'data': source, 'train': train, 'test': test, 'provenance': origin,
                   'runs': {name: {'mean': mean_runs(per_seed), 'per_seed': per_seed} for name, per_seed in results}}
         if srg:
             record['published'] = {'table': "SR-GNN AAAI'19 Table 2", 'dataset': published_name,
