@@ -16,7 +16,7 @@ click ranked against all training items, standard ties, hit = rank <= K):
   GRU4Rec with the ICLR'16 settings (TOP1, BPR, cross-entropy; 100 units, one-hot input, in-batch
   negatives only: presets iclr16_*) and the modern ones (cross-entropy + logQ with a shared embedding,
   rsc15_xe_shared_100; BPR-max, bprmax_shared);
-  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, 10 epochs).
+  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, their default sizes and epochs).
 Writes results/<name>/table.md (Recall@1/5/10/20 and MRR@5/10/20, training time, published figures),
 results/<name>/results.json, results/<name>/comparison.png, and the runs' checkpoints under
 results/<name>/checkpoints/ (results/ is git-ignored). --quick uses the same settings; only the data is
