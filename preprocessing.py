@@ -9,6 +9,8 @@ spec A10 for Yoochoose) for every dataset of the official results; the raw forma
     python preprocessing.py --dataset diginetica --input data/train-item-views.csv
     python preprocessing.py --dataset rees46 --input data/2019-Oct.csv data/2019-Nov.csv
     python preprocessing.py --dataset custom --input log.csv --user_key user --time_unit iso
+    python preprocessing.py --dataset yoochoose --protocol srgnn --recent_fraction 64   # SR-GNN's sets (srgnn.py)
+    python preprocessing.py --dataset srgnn_files --input DIR        # the circulated SR-GNN pickles (srgnn.py)
 
 rsc15 (default), spec A3-A7:
   1. keep sessions with more than one click; 2. keep clicks on items with support >= 5;
