@@ -194,7 +194,7 @@ def srg_sessions(session, item, date, order_key):
     order = np.lexsort((rows, order_key, codes))                                # J2.1, stable
     codes, item = codes[order], item[order]
     keep = (np.bincount(codes, minlength=n) > 1)[codes]                         # J2.3
-    kept_items, inverse = np.unique(item[keep], return_inverse=True)
+    _, inverse = np.unique(item[keep], return_inverse=True)
     count = np.zeros(len(item), dtype=np.int64)
     count[keep] = np.bincount(inverse)[inverse]
     keep &= count >= 5
@@ -202,7 +202,7 @@ def srg_sessions(session, item, date, order_key):
     return codes[keep], item[keep], session_date, np.bincount(codes[keep], minlength=n)
 
 
-def date_split(codes, items, session_date, length, sessions, split):
+def date_split(session_date, length, sessions, split):
     """J2.4 inside `sessions` (bool per session): (sessions dated < split, sessions dated > split), each in
     (stable) date order."""
     present = sessions & (length > 0)
@@ -252,12 +252,12 @@ def srg_sets(clicks, window_days, recent_fraction=None):
     window = window_days * DAY
     split = session_date[length > 0].max() - window
     everything = np.ones(len(length), dtype=bool)
-    train, test = date_split(codes, items, session_date, length, everything, split)
+    train, test = date_split(session_date, length, everything, split)
     if len(train) == 0:
         raise InputError(f'no session is dated before the split (last date - {window_days} day(s))')
     in_train = np.zeros(len(length), dtype=bool)
     in_train[train] = True
-    train_tr, valid = date_split(codes, items, session_date, length, in_train, split - window)
+    train_tr, valid = date_split(session_date, length, in_train, split - window)
     if len(train_tr) == 0:
         raise InputError(f'no training session is dated before the validation split (last date - '
                          f'{2 * window_days} days)')
@@ -279,10 +279,8 @@ def preprocess_raw(dataset, clicks, output_dir, recent_fraction, input_paths, lo
     rows, codes, items, session_date, prefixes = srg_sets(clicks, WINDOW_DAYS[dataset], recent_fraction)
     name = f'{dataset}_srgnn' + (f'_1_{recent_fraction}' if recent_fraction else '')
     sets, times, first_id = {}, {}, {}
-    next_id = {'train_full': 1, 'train_tr': 1}
-    train_sessions = len(np.unique(codes[rows['train_full']]))
-    next_id['test'] = train_sessions + 1
-    next_id['train_valid'] = len(np.unique(codes[rows['train_tr']])) + 1
+    next_id = {'train_full': 1, 'train_tr': 1, 'test': len(np.unique(codes[rows['train_full']])) + 1,
+               'train_valid': len(np.unique(codes[rows['train_tr']])) + 1}      # ids unique within each pair
     for part, r in rows.items():
         c = codes[r]
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if len(c) else np.zeros(0, int)

@@ -100,8 +100,10 @@ def test_recent_fraction_cuts_training_prefixes():
     assert sets['train_tr'] == [[5, 2, 5, 5, 5]]                 # 10 prefixes: the last 2 are session 13's
     assert sets['test'] == [[2, 1]]                              # the full test set, filtered on the full train
     assert prefixes == {'train_full': 2, 'train_tr': 2}
-    rows, codes, items, _, _ = srgnn.srg_sets(raw_clicks(), window_days=3, recent_fraction=11)
-    assert sets_of(rows, codes, items)['train_full'] == [[1, 2]]   # the 1 kept prefix is the last session's alone
+    # 1/2: the last 5 of 11 start exactly at session 13's first prefix; of train_tr's 10, the last 5 in session 5
+    rows, codes, items, _, _ = srgnn.srg_sets(raw_clicks(), window_days=3, recent_fraction=2)
+    assert sets_of(rows, codes, items)['train_full'] == [[5, 2, 5, 5, 5], [1, 2]]
+    assert sets_of(rows, codes, items)['train_tr'] == [[1, 2, 2], [5, 2, 5, 5, 5]]
 
 
 def test_command_writes_the_four_files_in_date_order(tmp_path):
