@@ -201,8 +201,8 @@ def srg_table(results, published_name, data, prefix, seeds):
             continue
         seconds = statistics.mean(r['seconds'] for r in per_seed if 'failed' not in r)
         note = f' ({len(failed)} failed)' if failed else ''
-        lines.append(f'| {name} | {r20[0]:.4f} ± {r20[1]:.4f} | {mrr[0]:.4f} ± {mrr[1]:.4f} | {r20[2]}{note} | '
-                     f'{seconds:.0f} | {pub_cell} |')
+        spread = (lambda v: f'{v[0]:.4f} ± {v[1]:.4f}') if r20[2] > 1 else (lambda v: f'{v[0]:.4f}')   # n = 1: no std
+        lines.append(f'| {name} | {spread(r20)} | {spread(mrr)} | {r20[2]}{note} | {seconds:.0f} | {pub_cell} |')
     if 'SR-GNN' in published:
         lines.append(f'| SR-GNN (not run here) | - | - | - | - | {published["SR-GNN"][0]:.2f} / {published["SR-GNN"][1]:.2f} |')
     lines += ['', ('Published: SR-GNN (Wu et al., AAAI 2019) Table 2, ' + published_name + '; its GRU4Rec row is a '

@@ -67,7 +67,7 @@ def test_srgnn_benchmark_table_marks_failures_and_reports_mean_std(tmp_path, mon
     out = tmp_path / 'r' / 'toy1_64'
     rows = {line.split(' | ')[0][2:]: line for line in (out / 'table.md').read_text().splitlines()
             if line.startswith('| ')}
-    assert rows['POP'] == '| POP | 0.4000 ± 0.0000 | 0.2000 ± 0.0000 | 1 | 3 | 6.71 / 1.65 |'
+    assert rows['POP'] == '| POP | 0.4000 | 0.2000 | 1 | 3 | 6.71 / 1.65 |'     # one run: no spread shown
     assert rows['STAMP'].startswith('| STAMP | **failed** (RuntimeError: out of memory) | - | 0 |')
     assert rows['GRU4Rec XE + logQ, shared'] == ('| GRU4Rec XE + logQ, shared | 0.5000 ± 0.1414 | 0.2500 ± 0.0707 | 2 | '
                                                  '3 | 60.64 / 22.89 (third-party run, settings unknown) |')
