@@ -70,7 +70,8 @@ SRG_RUNS = [
     ('GRU4Rec XE + logQ, shared', ['--params', 'rsc15_xe_shared_100']),
     ('GRU4Rec BPR-max, shared', ['--params', 'bprmax_shared']),
     ('NARM', ['--model', 'NARM']), ('STAMP', ['--model', 'STAMP']),
-    ('SASRec', ['--model', 'SASRec', '--lr', '0.01']), ('GRU4Rec+ (Tan et al.)', ['--model', 'GRU4RecPlus', '--lr', '0.01']),
+    ('SASRec', ['--model', 'SASRec', '--lr', '0.01']),
+    ('GRU4Rec+ (Tan et al.)', ['--model', 'GRU4RecPlus', '--lr', '0.01']),
 ]
 PUBLISHED = {     # SR-GNN AAAI'19 Table 2; GRU4Rec's rows are third-party runs (the official code was never run there)
     'yoochoose1_64': {'POP': (6.71, 1.65), 'S-POP': (30.44, 18.35), 'Item-KNN': (51.60, 21.81),
@@ -204,7 +205,8 @@ def srg_table(results, published_name, data, prefix, seeds):
         spread = (lambda v: f'{v[0]:.4f} ± {v[1]:.4f}') if r20[2] > 1 else (lambda v: f'{v[0]:.4f}')   # n = 1: no std
         lines.append(f'| {name} | {spread(r20)} | {spread(mrr)} | {r20[2]}{note} | {seconds:.0f} | {pub_cell} |')
     if 'SR-GNN' in published:
-        lines.append(f'| SR-GNN (not run here) | - | - | - | - | {published["SR-GNN"][0]:.2f} / {published["SR-GNN"][1]:.2f} |')
+        srgnn_row = published['SR-GNN']
+        lines.append(f'| SR-GNN (not run here) | - | - | - | - | {srgnn_row[0]:.2f} / {srgnn_row[1]:.2f} |')
     lines += ['', ('Published: SR-GNN (Wu et al., AAAI 2019) Table 2, ' + published_name + '; its GRU4Rec row is a '
                'third-party run with unknown settings, set beside every GRU4Rec row here.') if published else
               'No published table for this data (--published).']
