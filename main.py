@@ -20,6 +20,7 @@ from dataset import SessionData
 from devices import make_deterministic, pick_device
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from optimizer import OPTIMIZERS
+from provenance import provenance
 from training import resume_run, train
 
 
@@ -111,7 +112,14 @@ def run_eval(args, device):
                 results = json.load(f)
         except (OSError, ValueError):
             results = {}
-    results[os.path.basename(args.load_model)] = dict(metrics, test_data=test_path, epoch=state['epoch'])
+    files = [test_path]
+    try:
+        with open(os.path.join(os.path.dirname(args.load_model) or '.', 'config.json')) as f:
+            files.insert(0, json.load(f)['train_data'])
+    except (OSError, ValueError, KeyError):
+        pass
+    results[os.path.basename(args.load_model)] = dict(metrics, test_data=test_path, epoch=state['epoch'],
+                                                      provenance=provenance(files, [config.get('seed')], device))
     write_json(results_path, results)
     return metrics
 

@@ -9,6 +9,8 @@ spec A10 for Yoochoose) for every dataset of the official results; the raw forma
     python preprocessing.py --dataset diginetica --input data/train-item-views.csv
     python preprocessing.py --dataset rees46 --input data/2019-Oct.csv data/2019-Nov.csv
     python preprocessing.py --dataset custom --input log.csv --user_key user --time_unit iso
+    python preprocessing.py --dataset yoochoose --protocol srgnn --recent_fraction 64   # SR-GNN's sets (srgnn.py)
+    python preprocessing.py --dataset srgnn_files --input DIR        # the circulated SR-GNN pickles (srgnn.py)
 
 rsc15 (default), spec A3-A7:
   1. keep sessions with more than one click; 2. keep clicks on items with support >= 5;
@@ -28,9 +30,11 @@ yoochoose | diginetica | retailrocket | rees46 | coveo | custom (J1 steps 3-7, c
   order; Time in seconds: integers where the data has seconds, 3 decimals where it has milliseconds) and
   <name>_stats.json. `--variant yoochoose` is the old name of `--dataset yoochoose`.
 
---recent_fraction N keeps only the most recent 1/N of the training sessions (the "YOOCHOOSE 1/64"
-  protocol of NARM/STAMP/SR-GNN): the training sessions are ordered by their last click (ties by
-  session id) and the last floor(n/N) of them are kept, in train_full and in train_tr alike. For
+--recent_fraction N keeps the most recent 1/N of the training data by the rule of the "YOOCHOOSE 1/64"
+  sets (datasets-spec J2.7): the training sessions are ordered by their last click (ties by session id),
+  the last floor(P/N) of their P prefixes are kept, and with them every session from the one owning
+  the first kept prefix on; in train_full and in train_tr alike. (The whole SRG protocol, with its own
+  filtering and split, is --protocol srgnn: srgnn.py.) For
   rsc15 the test and validation files are then filtered again against the reduced training items
   (unseen items out, then sessions shorter than 2), so every file pair stays consistent.
   The files get the prefix `<name>_1_<N>_`.
@@ -50,6 +54,7 @@ import pyarrow.csv as pacsv
 
 from cli import ArgumentParser, InputError, run_cli, write_atomically
 from datasets import DATASETS, READERS, SESSION_GAP, read_custom
+import srgnn
 
 DAY = 86400
 MAX_RUNS = 1000   # a file taking more runs of lines than this from a formatted chunk is cut by a byte mask
@@ -188,14 +193,22 @@ def rows_to_mask(rows, n):
 
 
 def keep_recent_sessions(s_codes, session_ids, time, mask, fraction):
-    """Keep the most recent floor(n/fraction) sessions of mask, ordered by last click then session id."""
+    """Datasets-spec J2.7 on the sessions of mask, ordered by last click then session id: of their training
+    prefixes (a session of n clicks owns n - 1) the last floor(P / fraction) are kept, and as sessions every
+    session from the one owning the first kept prefix on. (Before issue #21 this kept the last
+    floor(n / fraction) sessions, a fraction of sessions rather than of prefixes.)"""
     end = per_group(np.maximum, s_codes, time, mask)
     ids = np.zeros(len(end), dtype=session_ids.dtype)
     ids[s_codes] = session_ids
     present = np.flatnonzero(end != NO_CLICK_MAX)
     order = present[np.lexsort((ids[present], end[present]))]
+    prefixes = np.bincount(s_codes[mask], minlength=len(end))[order] - 1
+    total = int(prefixes.sum())
+    if total // fraction == 0:
+        raise InputError(f'--recent_fraction {fraction}: {total} training prefixes leave none to keep')
+    owner = np.searchsorted(np.cumsum(prefixes), total - total // fraction, side='right')
     keep = np.zeros(len(end), dtype=bool)
-    keep[order[len(order) - len(order) // fraction:]] = True
+    keep[order[owner:]] = True
     return mask & keep[s_codes]
 
 
@@ -441,7 +454,7 @@ def milliseconds_as_seconds(ms):
     return pa.LargeStringArray.from_buffers(len(ms), pa.py_buffer(offsets), pa.py_buffer(text))
 
 
-DATASET_NAMES = ('rsc15', 'yoochoose', 'diginetica', 'retailrocket', 'rees46', 'coveo', 'custom')
+DATASET_NAMES = ('rsc15', 'yoochoose', 'diginetica', 'retailrocket', 'rees46', 'coveo', 'custom', 'srgnn_files')
 DEFAULT_INPUT = {'rsc15': ['data/yoochoose-clicks.dat'], 'yoochoose': ['data/yoochoose-clicks.dat'],
                  **{name: [os.path.join('data', f) for f in spec['files']] for name, spec in DATASETS.items()}}
 
@@ -566,11 +579,17 @@ def parse_args(argv=None):
     p.add_argument('--test_days', type=float, default=None,
                    help="t_day: length of the test (and validation) window in days (default: the dataset's)")
     p.add_argument('--recent_fraction', type=int, default=None, metavar='N',
-                   help='keep only the most recent 1/N of the training sessions (e.g. 64 or 4)')
+                   help='keep only the most recent 1/N of the training data (e.g. 64 or 4); with --protocol '
+                        'srgnn: of the training prefixes (J2.7), otherwise of the training sessions')
+    p.add_argument('--protocol', choices=['srgnn'], default=None,
+                   help='srgnn: the NARM / STAMP / SR-GNN protocol (datasets-spec J2; --dataset yoochoose or '
+                        'diginetica) instead of the dataset\'s default rules')
     p.add_argument('--test_input', default=None, help='yoochoose-test.dat for the yoochoose dataset '
                                                       '(default: beside --input when present)')
-    c = p.add_argument_group('--dataset custom: a log of your own (CSV / TSV / .parquet)')
-    c.add_argument('--name', default='custom', help='prefix of the output files (default: %(default)s)')
+    c = p.add_argument_group('--dataset custom: a log of your own (CSV / TSV / .parquet); --dataset srgnn_files: '
+                             '--input DIR of the circulated SR-GNN pickles')
+    c.add_argument('--name', default=None, help='prefix of the output files (default: custom, or the name of '
+                   'the srgnn_files folder)')
     c.add_argument('--sep', default=None, help='field separator (default: sniffed among , TAB ;)')
     c.add_argument('--session_key', default=None, help='session id column (default SessionId unless --user_key)')
     c.add_argument('--user_key', default=None, help='user id column: histories cut into sessions by --session_gap')
@@ -594,6 +613,23 @@ def parse_args(argv=None):
         p.error(f'--test_days must be positive, got {args.test_days}')
     if args.recent_fraction is not None and args.recent_fraction < 1:
         p.error(f'--recent_fraction must be a positive integer, got {args.recent_fraction}')
+    if args.protocol and args.dataset not in ('yoochoose', 'diginetica'):
+        p.error(f'--protocol srgnn is for --dataset yoochoose or diginetica, not {args.dataset}')
+    if args.protocol and args.test_days is not None:
+        p.error('--test_days does not apply to --protocol srgnn (its windows are fixed: 1 day yoochoose, 7 diginetica)')
+    if args.dataset == 'srgnn_files':
+        if not args.input or len(args.input) != 1 or not os.path.isdir(args.input[0]):
+            p.error('--dataset srgnn_files needs --input DIR (the folder holding all_train_seq.txt and test.txt)')
+        if args.recent_fraction or args.test_days is not None or args.test_input:
+            p.error('--dataset srgnn_files converts the files as they are (no --recent_fraction, --test_days, '
+                    '--test_input)')
+        args.name = args.name or os.path.basename(os.path.normpath(args.input[0]))
+        if os.sep in args.name:
+            p.error(f'--name must be a plain file-name prefix, got {args.name!r}')
+        return args
+    if args.name is not None and args.dataset != 'custom':
+        p.error('--name is for --dataset custom or srgnn_files')
+    args.name = args.name or 'custom'
     given = [f for f in ('sep', 'session_key', 'user_key', 'event_key', 'events')
              if getattr(args, f) is not None] + [f for f, default in (
                  ('name', 'custom'), ('session_gap', SESSION_GAP), ('item_key', 'ItemId'), ('time_key', 'Time'),
@@ -629,8 +665,34 @@ def custom_options(args):
                 name=args.name, rules=args.rules, dedup=args.dedup == 'consecutive')
 
 
+def read_srg_clicks(dataset, paths):
+    """The raw clicks J2 needs, in file order: session, item, date (s) and the in-session order key."""
+    if len(paths) != 1:
+        raise InputError(f'--input: --protocol srgnn takes one raw file, got {len(paths)}')
+    if dataset == 'yoochoose':
+        clicks = read_clicks(paths[0])
+        return {'session': clicks['session'], 'item': clicks['item'], 'date': clicks['time_ms'] // 1000,
+                'order_key': np.zeros(len(clicks['item']), dtype=np.int64)}
+    from datasets import DIGINETICA_SPELLINGS, read_csv
+    table = read_csv(paths[0], ['sessionId', 'itemId', 'timeframe', 'eventdate'], ';', renamed=DIGINETICA_SPELLINGS,
+                     types={'sessionId': pa.int64(), 'itemId': pa.int64(), 'timeframe': pa.int64(),
+                            'eventdate': pa.date32()},
+                     expected='sessionId;userId;itemId;timeframe;eventdate (or session_id;user_id;item_id;...)')
+    if any(table[c].null_count for c in table.column_names):
+        raise InputError(f'{paths[0]}: empty sessionId, itemId, timeframe or eventdate field')
+    return {'session': table['sessionId'].to_numpy(), 'item': table['itemId'].to_numpy(),
+            'date': table['eventdate'].cast(pa.int32()).to_numpy().astype(np.int64) * DAY,
+            'order_key': table['timeframe'].to_numpy()}
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.dataset == 'srgnn_files':
+        return srgnn.convert_files(args.input[0], args.output_dir, args.name)
+    if args.protocol == 'srgnn':
+        paths = args.input or DEFAULT_INPUT[args.dataset]
+        return srgnn.preprocess_raw(args.dataset, read_srg_clicks(args.dataset, paths), args.output_dir,
+                                    args.recent_fraction, paths)
     paths = args.input or DEFAULT_INPUT.get(args.dataset)
     preprocess(paths, args.output_dir, args.dataset, args.test_days, args.recent_fraction, args.test_input,
                custom=custom_options(args) if args.dataset == 'custom' else None)

@@ -1,7 +1,14 @@
-"""Reproduce the GRU4Rec papers' RSC15 tables: the four baselines and GRU4Rec, beside the published numbers.
+"""Reproduce the published tables: the GRU4Rec papers' RSC15 table, or the SR-GNN protocol's (J2) benchmark.
 
     python scripts/reproduce.py --data data/          # on preprocessed RSC15 files (rsc15_train_full / rsc15_test)
     python scripts/reproduce.py --quick               # the real sample when ../shared has it, else synthetic data
+    python scripts/reproduce.py --benchmark srgnn --data DIR --seeds 1 2 3      # an SRG-layout folder
+
+--benchmark srgnn: DIR holds one <name>_train_full.txt / <name>_test.txt pair written by preprocessing.py
+(--protocol srgnn or --dataset srgnn_files). POP, S-POP, Item-KNN, BPR-MF, GRU4Rec (rsc15_xe_shared_100
+and bprmax_shared), NARM, STAMP (their defaults), SASRec and GRU4Rec+ (lr 0.01) are trained on train_full
+and scored on test; table.md gives R@20 (= the papers' P@20) and MRR@20 as mean +- std over the seeds
+(n = runs; POP, S-POP and Item-KNN are deterministic and run once) beside SR-GNN's Table 2 (J2.9).
 
 Runs, each trained on rsc15_train_full and evaluated on rsc15_test by evaluation.py (every non-first test
 click ranked against all training items, standard ties, hit = rank <= K):
@@ -9,21 +16,25 @@ click ranked against all training items, standard ties, hit = rank <= K):
   GRU4Rec with the ICLR'16 settings (TOP1, BPR, cross-entropy; 100 units, one-hot input, in-batch
   negatives only: presets iclr16_*) and the modern ones (cross-entropy + logQ with a shared embedding,
   rsc15_xe_shared_100; BPR-max, bprmax_shared);
-  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, 10 epochs).
+  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, their default sizes and epochs).
 Writes results/<name>/table.md (Recall@1/5/10/20 and MRR@5/10/20, training time, published figures),
 results/<name>/results.json, results/<name>/comparison.png, and the runs' checkpoints under
 results/<name>/checkpoints/ (results/ is git-ignored). --quick uses the same settings; only the data is
 small (about 10 minutes on a 2-core CPU); its preprocessed files live in a temporary folder.
 """
 import os
+import statistics
 import sys
 import tempfile
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoints import write_json  # noqa: E402
+from config import OTHER_DEFAULTS  # noqa: E402
+from provenance import provenance  # noqa: E402
 from cli import run_cli, write_atomically, ArgumentParser, InputError  # noqa: E402
 import main  # noqa: E402
 import preprocessing  # noqa: E402
@@ -52,6 +63,27 @@ RUNS = [
 ]
 
 
+# the SRG benchmark: (name, main.py flags); published P@20 / MRR@20 (%) of SR-GNN's Table 2 (J2.9) per dataset
+SRG_RUNS = [
+    ('POP', ['--model', 'POP']), ('S-POP', ['--model', 'SPOP']), ('Item-KNN', ['--model', 'ItemKNN']),
+    ('BPR-MF', ['--model', 'BPRMF']),
+    ('GRU4Rec XE + logQ, shared', ['--params', 'rsc15_xe_shared_100']),
+    ('GRU4Rec BPR-max, shared', ['--params', 'bprmax_shared']),
+    ('NARM', ['--model', 'NARM']), ('STAMP', ['--model', 'STAMP']),
+    ('SASRec', ['--model', 'SASRec', '--lr', '0.01']),
+    ('GRU4Rec+ (Tan et al.)', ['--model', 'GRU4RecPlus', '--lr', '0.01']),
+]
+PUBLISHED = {     # SR-GNN AAAI'19 Table 2; GRU4Rec's rows are third-party runs (the official code was never run there)
+    'yoochoose1_64': {'POP': (6.71, 1.65), 'S-POP': (30.44, 18.35), 'Item-KNN': (51.60, 21.81),
+                      'BPR-MF': (31.31, 12.08), 'GRU4Rec': (60.64, 22.89), 'NARM': (68.32, 28.63),
+                      'STAMP': (68.74, 29.67), 'SR-GNN': (70.57, 30.94)},
+    'yoochoose1_4': {'GRU4Rec': (59.53, 22.60), 'NARM': (69.73, 29.23), 'STAMP': (70.44, 30.00),
+                     'SR-GNN': (71.36, 31.89)},
+    'diginetica': {'GRU4Rec': (29.45, 8.33), 'NARM': (49.70, 16.17), 'STAMP': (45.64, 14.32), 'SR-GNN': (50.73, 17.59)},
+}
+DETERMINISTIC = ('POP', 'SPOP', 'ItemKNN')
+
+
 def prepare_quick_data(folder):
     """Preprocess the real sample (or, without ../shared, the synthetic demo data) into folder."""
     raw = SAMPLE if os.path.isfile(SAMPLE) else os.path.join(folder, 'yoochoose-clicks.dat')
@@ -62,28 +94,74 @@ def prepare_quick_data(folder):
         'the synthetic demo data (scripts/make_synthetic.py defaults)'
 
 
-def run_one(flags, data, checkpoints, device):
-    """Train one model on rsc15_train_full, evaluate its last checkpoint on rsc15_test."""
+def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test='rsc15_test.txt', seed=None):
+    """Train one model on `train`, evaluate its last checkpoint on `test`."""
+    model = flags[flags.index('--model') + 1] if '--model' in flags else 'GRU4Rec'
+    seeded = seed is not None and (model == 'GRU4Rec' or 'seed' in OTHER_DEFAULTS[model])
     start = time.perf_counter()
-    path, _ = main.main(['--data_folder', data, '--checkpoint_dir', checkpoints, '--device', device, *flags])
+    path, _ = main.main(['--data_folder', data, '--train_data', train, '--checkpoint_dir', checkpoints,
+                         '--device', device, *flags, *(['--seed', str(seed)] if seeded else [])])
     seconds = time.perf_counter() - start
-    metrics = main.main(['--is_eval', '--load_model', path, '--data_folder', data, '--valid_data', 'rsc15_test.txt',
+    metrics = main.main(['--is_eval', '--load_model', path, '--data_folder', data, '--valid_data', test,
                          '--device', device, '--eval_cutoffs', *map(str, CUTOFFS)])
-    return dict(metrics, seconds=seconds, checkpoint=os.path.relpath(path, ROOT))
+    return dict(metrics, seconds=seconds, seed=seed if seeded else None, checkpoint=os.path.relpath(path, ROOT))
+
+
+def run_seeds(name, flags, seeds, progress, run):
+    """The runs of one model over the seeds (deterministic models once); a failure is recorded, not raised."""
+    model = flags[flags.index('--model') + 1] if '--model' in flags else 'GRU4Rec'
+    results = []
+    for seed in (seeds[:1] if model in DETERMINISTIC else seeds):
+        progress.set_description(f'{name} (seed {seed})')
+        try:
+            results.append(run(seed))
+        except (Exception, SystemExit) as err:      # a NaN run exits 3; the other models go on
+            message = f'{type(err).__name__}: {err}'.strip().splitlines()[0][:200]
+            print(f'== {name} (seed {seed}) failed: {message}', file=sys.stderr, flush=True)
+            traceback.print_exc()
+            results.append({'failed': message, 'seed': seed})
+        progress.update(1)
+    return results
+
+
+def summary(runs, key):
+    """(mean, std, n) of a metric over the successful runs (std 0 for one run)."""
+    values = [r[key] for r in runs if 'failed' not in r]
+    if not values:
+        return None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def mean_runs(runs):
+    """One metrics dict: the mean over the successful runs (None when all failed)."""
+    ok = [r for r in runs if 'failed' not in r]
+    if not ok:
+        return None
+    return {k: statistics.mean(r[k] for r in ok) for k, v in ok[0].items() if isinstance(v, (int, float))
+            and not isinstance(v, bool) and k != 'seed'}
 
 
 def table(results, runs, source, on_sample):
+    """results: [(name, per-seed runs)] in the order of runs."""
+    ok = next((r for _, per_seed in results for r in per_seed if 'failed' not in r), None)
     lines = [f'Trained on rsc15_train_full, evaluated on rsc15_test of {source}: '
-             f'{results[0][1]["n_predictions"]:,} predictions, each test click after the first ranked against all '
-             f'training items; {results[0][1]["tie_mode"]} ties (rank = 1 + number of items scored higher); '
-             'a hit is rank <= K (the 2016 evaluation code counted rank < K, spec C7).', '',
-             '| model | R@1 | R@5 | MRR@5 | R@10 | MRR@10 | R@20 | MRR@20 | time (s) | published R@20 / MRR@20 |'
+             f'{ok["n_predictions"] if ok else 0:,} predictions, each test click after the first ranked against all '
+             f'training items; {ok["tie_mode"] if ok else "standard"} ties (rank = 1 + number of items scored higher); '
+             'a hit is rank <= K (the 2016 evaluation code counted rank < K, spec C7). Mean (± std) over n seeds.', '',
+             '| model | n | R@1 | R@5 | MRR@5 | R@10 | MRR@10 | R@20 | MRR@20 | time (s) | published R@20 / MRR@20 |'
              + (' official code on the sample |' if on_sample else ''),
-             '|---|' + '---|' * (9 + on_sample)]
-    for (name, m), (_, _, published, official) in zip(results, runs):
-        cells = [name, m['Recall@1'], m['Recall@5'], m['MRR@5'], m['Recall@10'], m['MRR@10'], m['Recall@20'],
-                 m['MRR@20']]
-        row = '| ' + ' | '.join(c if isinstance(c, str) else f'{c:.4f}' for c in cells)
+             '|---|' + '---|' * (10 + on_sample)]
+    for (name, per_seed), (_, _, published, official) in zip(results, runs):
+        m = mean_runs(per_seed)
+        if m is None:
+            lines.append(f'| {name} | 0 | **failed** ({per_seed[0]["failed"]}) |' + ' - |' * (8 + on_sample))
+            continue
+        n = len([r for r in per_seed if 'failed' not in r])
+        cells = [m['Recall@1'], m['Recall@5'], m['MRR@5'], m['Recall@10'], m['MRR@10']]
+        row = f'| {name} | {n} | ' + ' | '.join(f'{c:.4f}' for c in cells)
+        for key in ('Recall@20', 'MRR@20'):
+            mean, std, _ = summary(per_seed, key)
+            row += f' | {mean:.4f}' + (f' ± {std:.4f}' if n > 1 else '')
         row += f' | {m["seconds"]:.0f} | ' + (f'{published[0]:.4f} / {published[1]:.4f} ({published[2]})'
                                               if published else '-')
         if on_sample:
@@ -97,28 +175,96 @@ def table(results, runs, source, on_sample):
     return '\n'.join(lines) + '\n'
 
 
-def bar_chart(path, results, runs, on_sample):
+def published_row(name, published):
+    """SR-GNN's figure for a row of ours: GRU4Rec's for every GRU4Rec setting (a third-party run)."""
+    key = 'GRU4Rec' if name.startswith('GRU4Rec ') else name
+    return published.get(key)
+
+
+def srg_table(results, published_name, data, prefix, seeds):
+    published = PUBLISHED.get(published_name, {})
+    ok = next((r for _, per_seed in results for r in per_seed if 'failed' not in r), None)
+    lines = [f'SRG benchmark (datasets-spec J2) on {data}: trained on {prefix}_train_full.txt, evaluated on '
+             f'{prefix}_test.txt ({ok["n_predictions"] if ok else 0:,} predictions: every test click after the first, '
+             f'ranked against all training items, {ok["tie_mode"] if ok else "standard"} ties, hit = rank <= 20; '
+             'R@20 is the papers\' P@20). Mean ± std over n runs (seeds ' + ' '.join(map(str, seeds)) +
+             '; POP, S-POP and Item-KNN are deterministic: one run).', '',
+             '| model | R@20 (P@20) | MRR@20 | n | train s (mean) | published P@20 / MRR@20 (%), SR-GNN Table 2 |',
+             '|---|---|---|---|---|---|']
+    for name, per_seed in results:
+        failed = [r for r in per_seed if 'failed' in r]
+        pub = published_row(name, published)
+        pub_cell = '-' if pub is None else f'{pub[0]:.2f} / {pub[1]:.2f}' + (
+            ' (third-party run, settings unknown)' if name.startswith('GRU4Rec ') else '')
+        r20, mrr = summary(per_seed, 'Recall@20'), summary(per_seed, 'MRR@20')
+        if r20 is None:
+            lines.append(f'| {name} | **failed** ({failed[0]["failed"]}) | - | 0 | - | {pub_cell} |')
+            continue
+        seconds = statistics.mean(r['seconds'] for r in per_seed if 'failed' not in r)
+        note = f' ({len(failed)} failed)' if failed else ''
+        spread = (lambda v: f'{v[0]:.4f} ± {v[1]:.4f}') if r20[2] > 1 else (lambda v: f'{v[0]:.4f}')   # n = 1: no std
+        lines.append(f'| {name} | {spread(r20)} | {spread(mrr)} | {r20[2]}{note} | {seconds:.0f} | {pub_cell} |')
+    if 'SR-GNN' in published:
+        srgnn_row = published['SR-GNN']
+        lines.append(f'| SR-GNN (not run here) | - | - | - | - | {srgnn_row[0]:.2f} / {srgnn_row[1]:.2f} |')
+    lines += ['', ('Published: SR-GNN (Wu et al., AAAI 2019) Table 2, ' + published_name + '; its GRU4Rec row is a '
+               'third-party run with unknown settings, set beside every GRU4Rec row here.') if published else
+              'No published table for this data (--published).']
+    return '\n'.join(lines) + '\n'
+
+
+def bar_chart(path, rows, title=''):
+    """rows: (name, [(label, mean, std or None)] per metric key) -> grouped bars with error bars."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
-    names = [name for name, _ in results]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for ax, key, index in ((axes[0], 'Recall@20', 0), (axes[1], 'MRR@20', 1)):
+    names = [name for name, _ in rows]
+    keys = list(rows[0][1]) if rows else []
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(13, 4.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         x = np.arange(len(names))
-        series = [('ours', [m[key] for _, m in results])]
-        series.append(('published (full RSC15)', [r[2][index] if r[2] else np.nan for r in runs]))
-        if on_sample:
-            series.append(('official code, same sample', [r[3][index] if r[3] else np.nan for r in runs]))
-        width = 0.8 / len(series)
-        for k, (label, values) in enumerate(series):
-            ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label)
+        labels = [label for label, _, _ in rows[0][1][key]]
+        width = 0.8 / len(labels)
+        for k, label in enumerate(labels):
+            values = [series[key][k][1] for _, series in rows]
+            errors = [series[key][k][2] or 0.0 for _, series in rows]
+            ax.bar(x + (k - (len(labels) - 1) / 2) * width, [np.nan if v is None else v for v in values], width,
+                   yerr=errors if any(errors) else None, capsize=3, label=label)
         ax.set_xticks(x, names, rotation=35, ha='right', fontsize=8)
-        ax.set_title(key)
+        ax.set_title(f'{key} {title}'.strip())
         ax.legend(fontsize=8)
     fig.tight_layout()
     write_atomically([path], lambda tmp: fig.savefig(tmp[path], format='png', dpi=90))
     plt.close(fig)
+
+
+def rsc15_chart_rows(results, runs, on_sample):
+    rows = []
+    for (name, per_seed), (_, _, published, official) in zip(results, runs):
+        series = {}
+        for key, index in (('Recall@20', 0), ('MRR@20', 1)):
+            ours = summary(per_seed, key)
+            series[key] = [('ours', ours[0] if ours else None, ours[1] if ours else None),
+                           ('published (full RSC15)', published[index] if published else None, None)]
+            if on_sample:
+                series[key].append(('official code, same sample', official[index] if official else None, None))
+        rows.append((name, series))
+    return rows
+
+
+def srg_chart_rows(results, published_name):
+    published = PUBLISHED.get(published_name, {})
+    rows = []
+    for name, per_seed in results:
+        pub = published_row(name, published)
+        series = {}
+        for key, index in (('Recall@20', 0), ('MRR@20', 1)):
+            ours = summary(per_seed, key)
+            series[key] = [('ours (mean ± std over seeds)', ours[0] if ours else None, ours[1] if ours else None),
+                           ('SR-GNN Table 2', pub[index] / 100 if pub else None, None)]
+        rows.append((name, series))
+    return rows
 
 
 def write_text(path, text):
@@ -128,23 +274,78 @@ def write_text(path, text):
     write_atomically([path], write)
 
 
+def find_prefix(folder):
+    """The <name> of the single <name>_train_full.txt in folder (with its <name>_test.txt)."""
+    if not os.path.isdir(folder):
+        raise InputError(f'--data {folder}: no such folder')
+    names = sorted(f[:-len('_train_full.txt')] for f in os.listdir(folder) if f.endswith('_train_full.txt'))
+    names = [n for n in names if os.path.isfile(os.path.join(folder, n + '_test.txt'))]
+    if len(names) != 1:
+        raise InputError(f'--data {folder}: expected one <name>_train_full.txt with its <name>_test.txt, found '
+                         f'{len(names)}' + (f' ({", ".join(names)}; pass --prefix)' if names else
+                                            ' (run preprocessing.py --protocol srgnn or --dataset srgnn_files)'))
+    return names[0]
+
+
+def guess_published(prefix):
+    low = prefix.lower()
+    if '1_64' in low:
+        return 'yoochoose1_64'
+    if '1_4' in low:
+        return 'yoochoose1_4'
+    return 'diginetica' if 'diginetica' in low else 'none'
+
+
 def main_(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--data', default='data', help='folder holding rsc15_train_full.txt and rsc15_test.txt')
-    p.add_argument('--quick', action='store_true', help='run on the real sample (or the synthetic demo data)')
-    p.add_argument('--name', help='results/<name> (default: rsc15, or quick)')
+    p.add_argument('--benchmark', choices=['rsc15', 'srgnn'], default='rsc15',
+                   help='rsc15: the GRU4Rec papers\' table; srgnn: the SR-GNN protocol\'s (J2)')
+    p.add_argument('--data', default='data', help='rsc15: folder holding rsc15_train_full.txt and rsc15_test.txt; '
+                   'srgnn: a folder of preprocessing.py --protocol srgnn / --dataset srgnn_files outputs')
+    p.add_argument('--prefix', help='srgnn: the <name> of <name>_train_full.txt (default: the only one in --data)')
+    p.add_argument('--published', choices=list(PUBLISHED) + ['none'], help='srgnn: which published column '
+                   '(default: guessed from the file names)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[42], help='one run per seed (default: 42)')
+    p.add_argument('--quick', action='store_true', help='rsc15: run on the real sample (or the synthetic demo data)')
+    p.add_argument('--name', help='results/<name> (default: rsc15, quick, or the srgnn prefix)')
     p.add_argument('--results_dir', default=os.path.join(ROOT, 'results'))
-    p.add_argument('--only', nargs='+', help='run only these models (names as in the table, e.g. POP Item-KNN)')
+    p.add_argument('--only', nargs='+', help='run only these models, in this order (names as in the table, e.g. POP '
+                   'Item-KNN)')
     p.add_argument('--device', default='auto')
+    p.add_argument('--threads', type=int, help='torch threads (default: torch\'s; 1 on a shared machine)')
     args = p.parse_args(argv)
-    runs = [r for r in RUNS if not args.only or r[0] in args.only]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f'--threads must be >= 1, got {args.threads}')
+        import torch
+        torch.set_num_threads(args.threads)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise InputError(f'--seeds must be distinct, got {" ".join(map(str, args.seeds))}')
+    srg = args.benchmark == 'srgnn'
+    if srg and args.quick:
+        raise InputError('--quick is for --benchmark rsc15 (for srgnn, preprocess a folder and pass --data)')
+    table_runs = SRG_RUNS if srg else RUNS
+    by_name = {r[0]: r for r in table_runs}
+    unknown = [name for name in args.only or [] if name not in by_name]
+    runs = [by_name[name] for name in dict.fromkeys(args.only)] if args.only and not unknown else \
+        [] if args.only else list(table_runs)                     # --only: its models, in its order
     if not runs:
-        raise InputError(f'--only {" ".join(args.only)}: no such model (expected some of {", ".join(r[0] for r in RUNS)})')
-    if not args.quick:
-        for name in ('rsc15_train_full.txt', 'rsc15_test.txt'):
+        raise InputError(f'--only {" ".join(args.only)}: no such model (expected some of '
+                         f'{", ".join(r[0] for r in table_runs)})')
+    if srg:
+        prefix = args.prefix or find_prefix(args.data)
+        train, test = f'{prefix}_train_full.txt', f'{prefix}_test.txt'
+        for name in (train, test):
             if not os.path.isfile(os.path.join(args.data, name)):
-                raise InputError(f'--data {args.data}: no {name} (run preprocessing.py first, or use --quick)')
-    out = os.path.join(args.results_dir, args.name or ('quick' if args.quick else 'rsc15'))
+                raise InputError(f'--data {args.data}: no {name}')
+        published_name = args.published or guess_published(prefix)
+    else:
+        train, test = 'rsc15_train_full.txt', 'rsc15_test.txt'
+        if not args.quick:
+            for name in (train, test):
+                if not os.path.isfile(os.path.join(args.data, name)):
+                    raise InputError(f'--data {args.data}: no {name} (run preprocessing.py first, or use --quick)')
+    out = os.path.join(args.results_dir, args.name or (prefix if srg else 'quick' if args.quick else 'rsc15'))
     try:
         os.makedirs(out, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out)
@@ -154,15 +355,38 @@ def main_(argv=None):
     scratch = tempfile.TemporaryDirectory(prefix='reproduce_')     # the quick data (never kept: no copy of the sample)
     data, source = (scratch.name, prepare_quick_data(scratch.name)) if args.quick else (args.data, args.data)
     on_sample = args.quick and source.startswith('the real sample')
+    from devices import pick_device
+    device = str(pick_device(args.device))
+    total = sum(1 if (r[1][r[1].index('--model') + 1] if '--model' in r[1] else '') in DETERMINISTIC
+                else len(args.seeds) for r in runs)
     results = []
-    for name, flags, _, _ in runs:
-        print(f'== {name}', flush=True)
-        results.append((name, run_one(flags, data, os.path.join(out, 'checkpoints'), args.device)))
+    from tqdm import tqdm
+
+    origin = provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device)   # as it starts
+
+    def write_all():           # after every model: a cut-off benchmark leaves what it measured
+        record = {'benchmark': args.benchmark, 'data': source, 'train': train, 'test': test, 'provenance': origin,
+                  'runs': {name: {'mean': mean_runs(per_seed), 'per_seed': per_seed} for name, per_seed in results}}
+        if srg:
+            record['published'] = {'table': "SR-GNN AAAI'19 Table 2", 'dataset': published_name,
+                                   'figures_percent': PUBLISHED.get(published_name)}
+            text = srg_table(results, published_name, args.data, prefix, args.seeds)
+            chart = srg_chart_rows(results, published_name)
+        else:
+            text = table(results, runs[:len(results)], source, on_sample)
+            chart = rsc15_chart_rows(results, runs[:len(results)], on_sample)
+        write_text(os.path.join(out, 'table.md'), text)
+        write_json(os.path.join(out, 'results.json'), record)
+        bar_chart(os.path.join(out, 'comparison.png'), chart)
+        return text
+
+    with tqdm(total=total, unit='run', disable=None) as progress:
+        for run in runs:
+            name, flags = run[0], run[1]
+            results.append((name, run_seeds(name, flags, args.seeds, progress, lambda seed: run_one(
+                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed))))
+            text = write_all()
     scratch.cleanup()
-    text = table(results, runs, source, on_sample)
-    write_text(os.path.join(out, 'table.md'), text)
-    write_json(os.path.join(out, 'results.json'), {'data': source, 'runs': dict(results)})
-    bar_chart(os.path.join(out, 'comparison.png'), results, runs, on_sample)
     print('\n' + text + f'\nwrote {out}/table.md, results.json, comparison.png')
 
 

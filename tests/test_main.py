@@ -320,6 +320,11 @@ def test_train_checkpoints_and_eval(split, tmp_path):
     results = json.loads((run / 'results.json').read_text())
     test = SessionData(str(split / 'rsc15_test.txt'))
     assert results['model_00001.pt']['n_predictions'] == test.n_events - test.n_sessions
+    origin = results['model_00001.pt']['provenance']             # what the number came from (issue #21)
+    assert len(origin['commit']) == 40 and origin['seeds'] == [42] and origin['device'] == 'cpu'
+    assert {os.path.basename(k): v['events'] for k, v in origin['data'].items()} == {
+        'rsc15_train_full.txt': SessionData(str(split / 'rsc15_train_full.txt')).n_events,
+        'rsc15_test.txt': test.n_events + test.dropped_events}
 
 
 def test_eval_bad_inputs(split, tmp_path):

@@ -131,7 +131,7 @@ def test_test_days_widens_the_test_window(tmp_path):
     assert_same_rows(read_output(tmp_path / 'b' / 'rsc15_test.txt'), reference['test'])
 
 
-def test_recent_fraction_keeps_the_latest_sessions(tmp_path):
+def test_recent_fraction_keeps_the_latest_prefixes(tmp_path):
     clicks = generate(n_sessions=4000, n_items=300, days=20, seed=2)
     path = str(tmp_path / 'clicks.dat')
     write_synthetic(path, clicks)
@@ -139,10 +139,13 @@ def test_recent_fraction_keeps_the_latest_sessions(tmp_path):
     quarter = preprocessing.preprocess(path, str(tmp_path), recent_fraction=4, log=lambda *a: None)
     whole = read_output(tmp_path / 'rsc15_train_full.txt')
     part = read_output(tmp_path / 'rsc15_1_4_train_full.txt')
-    n = full['rsc15_train_full.txt']['sessions']
-    assert quarter['rsc15_1_4_train_full.txt']['sessions'] == n // 4
     ends = whole.groupby('SessionId').Time.max().sort_values(kind='stable')
-    assert set(part.SessionId) == set(ends.index[-(n // 4):])            # the latest quarter by last click
+    prefixes = (whole.groupby('SessionId').size() - 1)[ends.index]       # J2.7: a 1/4 of the prefixes, by last click
+    kept = prefixes.sum() // 4
+    first = int(np.flatnonzero(np.cumsum(prefixes.values) > prefixes.sum() - kept)[0])
+    assert set(part.SessionId) == set(ends.index[first:])
+    assert prefixes.values[first + 1:].sum() < kept <= prefixes.values[first:].sum()
+    assert quarter['rsc15_1_4_train_full.txt']['sessions'] == len(ends) - first
     test = read_output(tmp_path / 'rsc15_1_4_test.txt')
     assert set(test.ItemId) <= set(part.ItemId)                          # test re-filtered on the reduced items
     assert test.groupby('SessionId').size().min() >= 2

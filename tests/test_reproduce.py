@@ -15,7 +15,7 @@ def test_quick_run_of_two_models_writes_table_json_and_chart(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith('| POP') or line.startswith('| S-POP')]
     assert len(rows) == 2 and "0.0050 / 0.0012 (ICLR'16 Table 1)" in rows[0]
     assert 'a hit is rank <= K' in table and 'standard ties' in table
-    runs = json.loads((out / 'results.json').read_text())['runs']
+    runs = {name: run['mean'] for name, run in json.loads((out / 'results.json').read_text())['runs'].items()}
     assert runs['S-POP']['Recall@20'] > runs['POP']['Recall@20'] > 0      # session counts beat popularity alone
     assert f'{runs["POP"]["Recall@20"]:.4f}' in rows[0]
     assert (out / 'comparison.png').read_bytes()[:4] == b'\x89PNG'
@@ -31,3 +31,86 @@ def test_bad_input_is_one_line(tmp_path):
         result = run_command('scripts/reproduce.py', *argv)
         assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
         assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
+
+
+# ---------------------------------------------------------------- --benchmark srgnn
+
+def srg_folder(folder, prefix='toy1_64'):
+    """A tiny SRG-layout folder (the four files of srgnn.write), 9 training and 2 test sessions."""
+    import srgnn
+    train = [[1, 2, 3], [2, 3], [3, 1, 2], [1, 2], [2, 3, 1], [3, 2], [1, 3], [2, 1, 3], [3, 1]]
+    sets = {'train_full': train, 'test': [[1, 2, 3], [3, 2]], 'train_tr': train[:8], 'train_valid': train[8:]}
+    times = {part: [float(t) for t in range(sum(map(len, s)))] for part, s in sets.items()}
+    srgnn.write(str(folder), prefix, sets, times, {'train_full': 1, 'train_tr': 1, 'train_valid': 9, 'test': 10},
+                {}, log=lambda *a: None)
+    return str(folder)
+
+
+def test_srgnn_benchmark_table_marks_failures_and_reports_mean_std(tmp_path, monkeypatch):
+    from scripts import reproduce
+    data = srg_folder(tmp_path / 'data')
+    calls = []
+
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed):
+        calls.append((flags[-1], seed, train, test))
+        if flags == ['--model', 'STAMP']:
+            raise RuntimeError('out of memory')
+        recall = {1: 0.4, 2: 0.6}.get(seed, 0.5)
+        return {'Recall@20': recall, 'MRR@20': recall / 2, 'n_predictions': 4, 'tie_mode': 'standard', 'seconds': 3.0}
+
+    monkeypatch.setattr(reproduce, 'run_one', fake_run)
+    reproduce.main_(['--benchmark', 'srgnn', '--data', data, '--seeds', '1', '2', '--results_dir', str(tmp_path / 'r'),
+                     '--only', 'POP', 'STAMP', 'GRU4Rec XE + logQ, shared', '--device', 'cpu'])
+    assert [c[:2] for c in calls] == [('POP', 1), ('STAMP', 1), ('STAMP', 2), ('rsc15_xe_shared_100', 1),
+                                      ('rsc15_xe_shared_100', 2)]       # POP is deterministic: one run
+    assert calls[0][2:] == ('toy1_64_train_full.txt', 'toy1_64_test.txt')
+    out = tmp_path / 'r' / 'toy1_64'
+    rows = {line.split(' | ')[0][2:]: line for line in (out / 'table.md').read_text().splitlines()
+            if line.startswith('| ')}
+    assert rows['POP'] == '| POP | 0.4000 | 0.2000 | 1 | 3 | 6.71 / 1.65 |'     # one run: no spread shown
+    assert rows['STAMP'].startswith('| STAMP | **failed** (RuntimeError: out of memory) | - | 0 |')
+    assert rows['GRU4Rec XE + logQ, shared'] == ('| GRU4Rec XE + logQ, shared | 0.5000 ± 0.1414 | 0.2500 ± 0.0707 | 2 | '
+                                                 '3 | 60.64 / 22.89 (third-party run, settings unknown) |')
+    record = json.loads((out / 'results.json').read_text())
+    p = record['provenance']
+    assert len(p['commit']) == 40 and p['dirty'] in (True, False) and p['seeds'] == [1, 2] and p['device'] == 'cpu'
+    assert {'python', 'torch', 'numpy', 'pandas', 'threads'} <= set(p)
+    assert {os.path.basename(k): v['events'] for k, v in p['data'].items()} == {'toy1_64_train_full.txt': 22,
+                                                                              'toy1_64_test.txt': 5}
+    assert record['runs']['STAMP']['per_seed'][1] == {'failed': 'RuntimeError: out of memory', 'seed': 2}
+    assert record['published']['dataset'] == 'yoochoose1_64'
+    assert (out / 'comparison.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_srgnn_benchmark_runs_models_for_real(tmp_path):
+    data = srg_folder(tmp_path / 'data', prefix='toy')
+    result = run_command('scripts/reproduce.py', '--benchmark', 'srgnn', '--data', data, '--only', 'S-POP', 'POP',
+                         '--results_dir', str(tmp_path / 'r'), '--threads', '1')
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / 'r' / 'toy' / 'table.md').read_text()
+    assert table.index('| S-POP |') < table.index('| POP |')              # --only's order
+    assert 'No published table' in table
+    runs = json.loads((tmp_path / 'r' / 'toy' / 'results.json').read_text())['runs']
+    assert runs['POP']['per_seed'][0]['n_predictions'] == 3                 # 1 2 3 | 3 2: three predictions
+
+
+def test_srgnn_bad_input_is_one_line(tmp_path):
+    two = srg_folder(tmp_path / 'two', 'a')
+    srg_folder(tmp_path / 'two', 'b')
+    cases = [(['--data', str(tmp_path / 'none')], '--data ' + str(tmp_path / 'none') + ': no such folder'),
+             (['--data', two], 'found 2 (a, b; pass --prefix)'),
+             (['--data', two, '--prefix', 'a', '--seeds', '1', '1'], '--seeds must be distinct'),
+             (['--data', two, '--prefix', 'a', '--only', 'POP', 'KNN'], '--only POP KNN: no such model')]
+    for argv, message in cases:
+        result = run_command('scripts/reproduce.py', '--benchmark', 'srgnn', '--results_dir', str(tmp_path / 'r'),
+                             *argv)
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
+        assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
+
+
+def test_event_counts_of_provenance(tmp_path):
+    from provenance import count_events
+    for text, events in (('SessionId\tItemId\tTime\n1\t2\t3\n1\t3\t4\n', 2), ('h\n1\n2', 2), ('h\n', 0), ('h', 0)):
+        (tmp_path / 'f').write_text(text)
+        assert count_events(str(tmp_path / 'f')) == events, text
+    assert count_events(str(tmp_path / 'missing')) is None
