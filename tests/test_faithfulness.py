@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cli import InputError
 from conftest import synthetic_split
@@ -18,7 +19,15 @@ def test_summary_table_means_spread_and_distance_to_the_official_mean():
     assert table[3] == '| p | ours: default | 0.6300 | 0.6300 | 0.6300 ± 0.0000 | +3.28% | 0.3200 ± 0.0141 | +3.23% |'
 
 
-def test_our_variants_over_seeds(tmp_path, capsys):
+@pytest.fixture
+def threads_kept():
+    """faithfulness.main sets torch's thread count for the process (--threads); the later tests keep theirs."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_our_variants_over_seeds(tmp_path, capsys, threads_kept):
     synthetic_split(tmp_path, n_sessions=600, n_items=80, seed=4)
     out = tmp_path / 'runs.json'
     faithfulness.main(['--data_folder', str(tmp_path), '--presets', 'rsc15_xe_shared_100', '--variants', 'default',
@@ -33,6 +42,6 @@ def test_our_variants_over_seeds(tmp_path, capsys):
     assert runs[0]['metrics']['Recall@20'] == runs[0]['recall']
 
 
-def test_missing_files_are_one_clear_error(tmp_path):
+def test_missing_files_are_one_clear_error(tmp_path, threads_kept):
     with pytest.raises(InputError, match='no yoochoose1_64_train_full.txt'):
         faithfulness.main(['--data_folder', str(tmp_path), '--name', 'yoochoose1_64', '--seeds', '1'])
