@@ -107,10 +107,11 @@ def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test
     return dict(metrics, seconds=seconds, seed=seed if seeded else None, checkpoint=os.path.relpath(path, ROOT))
 
 
-def run_seeds(name, flags, seeds, progress, run):
-    """The runs of one model over the seeds (deterministic models once); a failure is recorded, not raised."""
+def run_seeds(name, flags, seeds, progress, run, results, done=lambda: None):
+    """The runs of one model over the seeds (deterministic models once), appended to `results` with `done()`
+    called after each, so that a benchmark cut off mid-model keeps its finished seeds; a failure is recorded,
+    not raised."""
     model = flags[flags.index('--model') + 1] if '--model' in flags else 'GRU4Rec'
-    results = []
     for seed in (seeds[:1] if model in DETERMINISTIC else seeds):
         progress.set_description(f'{name} (seed {seed})')
         try:
@@ -121,6 +122,7 @@ def run_seeds(name, flags, seeds, progress, run):
             traceback.print_exc()
             results.append({'failed': message, 'seed': seed})
         progress.update(1)
+        done()
     return results
 
 
@@ -359,12 +361,12 @@ def main_(argv=None):
     device = str(pick_device(args.device))
     total = sum(1 if (r[1][r[1].index('--model') + 1] if '--model' in r[1] else '') in DETERMINISTIC
                 else len(args.seeds) for r in runs)
-    results = []
+    results, text = [], ''
     from tqdm import tqdm
 
     origin = provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device)   # as it starts
 
-    def write_all():           # after every model: a cut-off benchmark leaves what it measured
+    def write_all():           # after every run: a cut-off benchmark leaves what it measured
         record = {'benchmark': args.benchmark, 'data': source, 'train': train, 'test': test, 'provenance': origin,
                   'runs': {name: {'mean': mean_runs(per_seed), 'per_seed': per_seed} for name, per_seed in results}}
         if srg:
@@ -382,10 +384,14 @@ def main_(argv=None):
 
     with tqdm(total=total, unit='run', disable=None) as progress:
         for run in runs:
-            name, flags = run[0], run[1]
-            results.append((name, run_seeds(name, flags, args.seeds, progress, lambda seed: run_one(
-                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed))))
-            text = write_all()
+            name, flags, per_seed = run[0], run[1], []
+            results.append((name, per_seed))
+
+            def written():
+                nonlocal text
+                text = write_all()
+            run_seeds(name, flags, args.seeds, progress, lambda seed: run_one(
+                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed), per_seed, written)
     scratch.cleanup()
     print('\n' + text + f'\nwrote {out}/table.md, results.json, comparison.png')
 

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from conftest import run_command
 
 
@@ -114,3 +116,26 @@ def test_event_counts_of_provenance(tmp_path):
         (tmp_path / 'f').write_text(text)
         assert count_events(str(tmp_path / 'f')) == events, text
     assert count_events(str(tmp_path / 'missing')) is None
+
+
+def test_srgnn_benchmark_cut_off_mid_model_keeps_its_finished_seeds(tmp_path, monkeypatch):
+    from scripts import reproduce
+    data = srg_folder(tmp_path / 'data')
+
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed):
+        if flags[-1] == 'NARM' and seed == 3:
+            raise KeyboardInterrupt                 # the user stops a long benchmark during NARM's third seed
+        return {'Recall@20': 0.1 * seed, 'MRR@20': 0.05 * seed, 'n_predictions': 4, 'tie_mode': 'standard',
+                'seconds': 1.0, 'seed': seed}
+
+    monkeypatch.setattr(reproduce, 'run_one', fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main_(['--benchmark', 'srgnn', '--data', data, '--seeds', '1', '2', '3', '--results_dir',
+                         str(tmp_path / 'r'), '--only', 'STAMP', 'NARM', '--device', 'cpu'])
+    out = tmp_path / 'r' / 'toy1_64'
+    runs = json.loads((out / 'results.json').read_text())['runs']
+    assert [r['seed'] for r in runs['STAMP']['per_seed']] == [1, 2, 3]
+    assert [r['seed'] for r in runs['NARM']['per_seed']] == [1, 2]          # written after each seed, not each model
+    rows = {line.split(' | ')[0][2:]: line for line in (out / 'table.md').read_text().splitlines()
+            if line.startswith('| ')}
+    assert rows['NARM'].startswith('| NARM | 0.1500 ± 0.0707 | 0.0750 ± 0.0354 | 2 |')
