@@ -128,6 +128,43 @@ def cross_entropy_value_and_grad(x, batch_size):
     return loss, grad
 
 
+def bpr_max_value_and_grad(x, batch_size, bpreg=1.0, alpha=None):
+    """bpr_max(elu(x, alpha)) (alpha None: of x itself) and its gradient d loss / d x, written out (issue
+    #17): about half the passes over the (M, C) matrix that autograd makes. Per row a, with y the
+    activated scores, s the softmax over the row's negatives (s_a = 0), sigma_j = sigmoid(y_a - y_j),
+    P = sum_j s_j sigma_j, Q = sum_j s_j sigma_j^2, R = sum_j s_j y_j^2 and lambda = bpreg:
+
+        loss_a = -log(P + EPS) + lambda R
+        d loss_a / d y_j = s_j ((P - sigma_j^2) / (P + EPS) + lambda (y_j^2 + 2 y_j - R))   (j != a)
+        d loss_a / d y_a = -(P - Q) / (P + EPS)
+
+    then through the ELU's derivative (1 where y > 0, y + alpha elsewhere), all divided by batch_size.
+    The same function as bpr_max up to float rounding (tests/test_loss.py), not autograd's bits."""
+    y = x if alpha is None else F.elu(x, alpha)
+    target = y.diagonal().clone()
+    y.diagonal().fill_(float('-inf'))               # the softmax over the negatives only
+    s = torch.softmax(y, dim=1)
+    y.diagonal().copy_(target)
+    sigma2 = torch.sub(target[:, None], y).sigmoid_()
+    p = torch.linalg.vecdot(s, sigma2)
+    sigma2.mul_(sigma2)
+    q = torch.linalg.vecdot(s, sigma2)
+    denominator = p + EPS
+    c = 1.0 / batch_size
+    loss = -torch.log(denominator).sum()
+    grad = torch.addcmul((p / denominator * c)[:, None], sigma2, (-c / denominator)[:, None])
+    if bpreg:
+        square = y * y
+        r = torch.linalg.vecdot(s, square)
+        loss = loss + bpreg * r.sum()
+        grad.sub_((bpreg * c) * r[:, None]).add_(square.add_(y, alpha=2), alpha=bpreg * c)
+    grad.mul_(s)
+    grad.diagonal().copy_((q - p) * c / denominator)
+    if alpha is not None:
+        grad = torch.ops.aten.elu_backward(grad, alpha, 1, 1, True, y)
+    return loss / batch_size, grad
+
+
 class ScoreLoss:
     """A configured loss of the (M, C) score matrix: `loss(scores)` (autograd differentiates it) and
     `loss.value_and_grad(scores)` = (loss, d loss / d scores) for the fast training step: by an explicit
@@ -158,7 +195,10 @@ def loss_function(loss, activation, batch_size, bpreg=1.0):
     """gru4rec_loss with the names checked once: a ScoreLoss, for the training loop."""
     loss, activation = check_pairing(loss, activation)
     if loss == 'bpr-max':
-        return ScoreLoss(lambda scores: bpr_max(final_activation(scores, activation), batch_size, bpreg))
+        kind, values = parse_activation(activation)
+        explicit = None if kind not in ('elu', 'linear') else lambda scores: bpr_max_value_and_grad(
+            scores, batch_size, bpreg, values[0] if kind == 'elu' else None)
+        return ScoreLoss(lambda scores: bpr_max(final_activation(scores, activation), batch_size, bpreg), explicit)
     if loss == 'cross-entropy':       # softmax is its only activation, applied inside
         return ScoreLoss(lambda scores: cross_entropy(scores, batch_size),
                          lambda scores: cross_entropy_value_and_grad(scores, batch_size))

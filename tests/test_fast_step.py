@@ -1,6 +1,8 @@
 """The fast training step (model.GRU4Rec.train_step, issue #6) computes the same function as the plain,
 readable one (forward + autograd): hundreds of real training steps both ways from the same seed must
-give bit-identical losses, parameters and optimiser state."""
+give bit-identical losses, parameters and optimiser state, except where the fast step writes a loss's
+gradient out in a different order (BPR-max with a linear or ELU activation, issue #17), whose steps agree
+to float rounding."""
 import os
 
 import pytest
@@ -30,6 +32,7 @@ CASES = {
     'TOP1-max, shared, momentum': dict(loss_type='top1-max', final_act='linear', layers=[18], n_sample=40,
                                        momentum=0.5, dropout_hidden=0.3, lr=0.05),
 }
+ROUNDED = ('BPR-max, shared, two layers, input dropout',)     # explicit BPR-max gradient: the same up to rounding
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +42,7 @@ def train_data(tmp_path_factory):
     return SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
 
 
-def two_epochs(data, config, fast, calls):
+def two_epochs(data, config, fast, calls, epochs=2, max_steps=None):
     config = {**DEFAULTS, **config, 'fast_step': fast}
     torch.manual_seed(config['seed'])
     run = training_setup(config, data, 'cpu')
@@ -47,8 +50,19 @@ def two_epochs(data, config, fast, calls):
     for name in ('forward', 'train_step'):     # count which path really ran
         method = getattr(model, name)
         setattr(model, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
-    losses = [train_epoch(*run, config, 'cpu')[0] for _ in range(2)]
+    losses = [train_epoch(*run, config, 'cpu', max_steps=max_steps)[0] for _ in range(epochs)]
     return losses, model, run[1]
+
+
+def assert_same_training(fast, plain, exact, rtol=0.0, atol=0.0):
+    """Equal bits (exact) or equal to rounding: every parameter and every optimiser state tensor."""
+    check = torch.equal if exact else lambda a, b: torch.allclose(a, b, rtol=rtol, atol=atol)
+    (fast, fast_opt), (plain, plain_opt) = fast, plain
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        assert check(a, b), name
+    for a, b in zip(fast_opt.state_dict()['state'].values(), plain_opt.state_dict()['state'].values()):
+        for key in a:
+            assert check(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -58,14 +72,24 @@ def test_fast_and_plain_steps_are_bit_identical(train_data, case):
     plain_losses, plain, plain_opt = two_epochs(train_data, CASES[case], False, plain_calls)
     assert set(fast_calls) == {'train_step'} and set(plain_calls) == {'forward'}
     assert len(fast_calls) == len(plain_calls) > 300
-    assert fast_losses == plain_losses
-    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
-        assert torch.equal(a, b), name
-    for a, b in zip(fast_opt.state_dict()['state'].values(), plain_opt.state_dict()['state'].values()):
-        for key in a:
-            assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+    exact = case not in ROUNDED
+    assert fast_losses == plain_losses if exact else fast_losses == pytest.approx(plain_losses, rel=1e-5)
+    # rounding differences grow over 600 steps (Adagrad divides by small early accumulators) to ~1e-4
+    assert_same_training((fast, fast_opt), (plain, plain_opt), exact, rtol=1e-3, atol=5e-4)
     assert not torch.equal(fast.Wy, build_model({**DEFAULTS, **CASES[case]}, len(train_data.item_map),
                                                      'cpu').Wy)        # it did train
+
+
+@pytest.mark.parametrize('preset', ['diginetica_bprmax_shared', 'coveo_bprmax_shared'])
+def test_fast_step_of_the_512_unit_bpr_max_paramfiles_matches_autograd(train_data, preset):
+    """The official BPR-max paramfiles at their own size (512 units, ELU, bpreg, dropout, 2048 samples):
+    the fast step's explicit BPR-max gradient trains as autograd does, to float rounding."""
+    fast_calls, plain_calls = [], []
+    fast_losses, fast, fast_opt = two_epochs(train_data, PRESETS[preset], True, fast_calls, 1, 25)
+    plain_losses, plain, plain_opt = two_epochs(train_data, PRESETS[preset], False, plain_calls, 1, 25)
+    assert set(fast_calls) == {'train_step'} and set(plain_calls) == {'forward'} and len(fast_calls) == 25
+    assert fast_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert_same_training((fast, fast_opt), (plain, plain_opt), False, rtol=1e-3, atol=1e-5)
 
 
 def test_configurations_without_a_fast_step_use_the_plain_one(train_data):

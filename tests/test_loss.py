@@ -140,3 +140,29 @@ def test_cross_entropy_value_and_grad_is_autograd_bit_for_bit(rows, columns, bat
     value.backward()
     fast_value, grad = loss.cross_entropy_value_and_grad(x.detach(), batch_size)
     assert torch.equal(fast_value, value.detach()) and torch.equal(grad, x.grad)
+
+
+@pytest.mark.parametrize('activation', ['linear', 'elu-0.5', 'elu-1'])
+@pytest.mark.parametrize('bpreg', [0.0, 1.95])
+@pytest.mark.parametrize('rows,columns', [(3, 3), (4, 9), (1, 5)])
+def test_bpr_max_value_and_grad_matches_the_reference(activation, bpreg, rows, columns):
+    """The fast step's written-out BPR-max gradient (issue #17) against spec B7 element by element (value)
+    and its numeric gradient, in float64."""
+    torch.manual_seed(rows * columns)
+    x = torch.randn(rows, columns, dtype=DOUBLE) * 2
+    value, grad = loss.loss_function('bpr-max', activation, 7, bpreg).value_and_grad(x.clone())
+    assert value.item() == pytest.approx(reference('bpr-max', x.tolist(), 7, bpreg, activation), rel=1e-12)
+    torch.testing.assert_close(grad, numeric_gradient('bpr-max', x, 7, bpreg, activation), rtol=1e-5, atol=1e-7)
+
+
+def test_bpr_max_value_and_grad_agrees_with_autograd_at_training_size():
+    """float32 at a paramfile's size with a target far above and one far below its negatives: the same
+    loss and gradient as autograd through bpr_max up to float rounding."""
+    torch.manual_seed(3)
+    x = torch.randn(80, 2128) * 3
+    x[0, 0], x[1, 1] = 30.0, -30.0
+    function = loss.loss_function('bpr-max', 'elu-0.5', 80, 1.95)
+    value, grad = function.value_and_grad(x.clone())
+    reference_value, reference_grad = loss.ScoreLoss(function.function).value_and_grad(x.clone())
+    assert value.item() == pytest.approx(reference_value.item(), rel=1e-6)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-4, atol=1e-6 * reference_grad.abs().max().item())
