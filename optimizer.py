@@ -31,9 +31,12 @@ class AdagradM(torch.optim.Optimizer):
     def update(self):
         """`step` without the hook and profiling wrapper torch.optim puts around every `step` (about
         60 us a call, 3% of a GRU4Rec training step on CPU); the training loop calls this. In inference
-        mode: no autograd bookkeeping for the in-place updates (another 3%)."""
+        mode: no autograd bookkeeping for the in-place updates (another 3%). The dense parameters of a
+        group (the GRU weights and biases) are updated together by torch's multi-tensor (`_foreach`)
+        operations: the same arithmetic per element, a fifth of the operator calls (issue #17)."""
         for group in self.param_groups:
             lr, mu, eps = group['lr'], group['momentum'], group['eps']
+            dense = []
             for p in group['params']:
                 if p.grad is None:
                     continue
@@ -44,7 +47,25 @@ class AdagradM(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     self._sparse_step(p, state, lr, mu, eps)
                 else:
-                    p.add_(self._rule(state['acc'], state['velocity'], p.grad, lr, mu, eps))
+                    dense.append(p)
+            if dense:
+                self._dense_step(dense, [p.grad for p in dense], [self.state[p] for p in dense], lr, mu, eps)
+
+    @staticmethod
+    def _dense_step(params, grads, states, lr, mu, eps):
+        """The rule of spec B9 for dense gradients, as `_rule` computes it, over all tensors at once; with
+        mu = 0 the parameter moves by one addcdiv, as in the official code."""
+        accs = [state['acc'] for state in states]
+        torch._foreach_addcmul_(accs, grads, grads)
+        denominators = torch._foreach_add(accs, eps)
+        torch._foreach_sqrt_(denominators)
+        if mu > 0:
+            velocities = [state['velocity'] for state in states]
+            torch._foreach_mul_(velocities, mu)
+            torch._foreach_addcdiv_(velocities, grads, denominators, value=-lr)
+            torch._foreach_add_(params, velocities)
+        else:
+            torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
 
     @staticmethod
     def _rule(acc, velocity, g, lr, mu, eps):

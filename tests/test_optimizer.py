@@ -44,6 +44,36 @@ def test_dense_update_matches_the_formula(mu):
     assert torch.allclose(p.detach(), torch.tensor(expected, dtype=DOUBLE), atol=1e-12)
 
 
+@pytest.mark.parametrize('mu', [0.0, 0.4])
+def test_dense_parameters_updated_together_get_the_official_bits(mu):
+    """Several dense float32 parameters of different shapes, updated by one multi-tensor step: each gets
+    exactly the bits of per-tensor arithmetic (acc.addcmul_(g, g), whose fused multiply-add rounds once
+    where the official acc.add_(g.pow(2)) rounds twice; sqrt(acc + eps); momentum: v = mu v - lr g / sqrt,
+    p += v; else the official p.addcdiv_(g, sqrt, value=-lr))."""
+    torch.manual_seed(4)
+    shapes = [(6, 5), (6,), (3, 7)]
+    params = [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
+    expected = [p.detach().clone() for p in params]
+    acc = [torch.zeros_like(p) for p in expected]
+    velocity = [torch.zeros_like(p) for p in expected]
+    opt = AdagradM(params, lr=0.07, momentum=mu)
+    for _ in range(3):
+        grads = [torch.randn(*shape) for shape in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.update()
+        for e, a, v, g in zip(expected, acc, velocity, grads):
+            a.addcmul_(g, g)
+            root = a.add(1e-6).sqrt_()
+            if mu > 0:
+                v.mul_(mu).addcdiv_(g, root, value=-0.07)
+                e.add_(v)
+            else:
+                e.addcdiv_(g, root, value=-0.07)
+    for p, e in zip(params, expected):
+        assert torch.equal(p.detach(), e)
+
+
 @pytest.mark.parametrize('mu', [0.0, 0.3])
 def test_row_sparse_update_with_duplicates_touches_only_used_rows(mu):
     torch.manual_seed(1)
