@@ -4,9 +4,9 @@ distance to this machine's own limit, the roofline (issue #17). Figures go to be
 
     python scripts/bench_train.py --quick                # < 3 minutes on the 2-core CPU, one table
     python scripts/bench_train.py                        # all rows, more steps and rounds (~10 minutes)
-    python scripts/bench_train.py --official_code DIR    # against the official code (~25 minutes)
-    python scripts/bench_train.py --official_code DIR --quick              # two rows (~2.5 minutes)
-    python scripts/bench_train.py --official_code DIR --rows rees46_xe_shared   # one row (~5 minutes)
+    python scripts/bench_train.py --official_code DIR    # against the official code (~20 minutes)
+    python scripts/bench_train.py --official_code DIR --quick              # two rows (~2 minutes)
+    python scripts/bench_train.py --official_code DIR --rows rees46_xe_shared   # one row (~4 minutes)
     python scripts/bench_train.py --full_scale data/synthetic_full   # RSC15 scale: a preprocessed 31.6M split
 
 Rows (--rows NAME ... picks some): the six official paramfiles (config.PRESETS: rsc15_xe_shared_100,
@@ -48,8 +48,8 @@ timed alone): no exact full ranking can beat that bound.
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
 fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and the roofline (3
 rounds); the six paramfiles on the real sample's training split and on the earliest sessions of the
-synthetic split (--official_events, 120k clicks, about 19k items: a whole epoch of the 2.5M-click split
-takes the official code 5-10 minutes a row). Both codes' sample stores hold one epoch's samples (the
+synthetic split (--official_events: 120k clicks, 18.8k items; a whole epoch of the 2.5M-click split
+would take the official code 5-15 minutes a row). Both codes' sample stores hold one epoch's samples (the
 official code draws 10M with a Python binary search, ~10 s a model outside its events/s). The plain
 path is left out here (the table has it). --quick: rsc15_xe_shared_100 and diginetica_bprmax_shared on
 the real sample.
@@ -394,8 +394,9 @@ def our_epoch(data, config, device, fast):
 
 def epoch_store(config, data):
     """config with a sample store of one epoch's samples on `data` (and a tenth to spare), not 10M: the
-    official code draws its store with a binary search in Python, about 10 s for 10M samples (at set-up,
-    outside its events/s figure, but 40% of a whole --official_code run's time)."""
+    official code draws its store with a binary search in Python, about 10 s for 10M samples at one
+    thread (at set-up, outside its events/s figure, but a third of the wall time of an official epoch
+    on the real sample). Neither store runs out within the epoch."""
     steps = len(SessionParallelIterator(data, config['batch_size']))
     return {**config, 'sample_store': max(1, config['n_sample'] * (steps + steps // 10 + 1))}
 
@@ -428,7 +429,7 @@ def roofline_cells(config, speeds):
     return f'{best:,.0f} | {flops / 1e9:.3f} | {flops * best / config["batch_size"] / 1e9:.1f}'
 
 
-OFFICIAL_SYNTHETIC_EVENTS = 120_000      # --official_code: the synthetic split's earliest sessions, ~19k items
+OFFICIAL_SYNTHETIC_EVENTS = 120_000      # --official_code: the synthetic split's earliest sessions, 18.8k items
 
 
 def earliest_sessions(path, n_events):
@@ -456,7 +457,7 @@ def against_official(code, devices, quick, rounds, only=None, first=None,
     table = []
     with tempfile.TemporaryDirectory() as folder:
         for name, path in datasets(folder, synthetic=bool(rows['synthetic'])):
-            if name == 'synthetic':       # a whole epoch of its 2.5M events: 5-10 minutes of the official code a row
+            if name == 'synthetic':       # a whole epoch of its 2.5M events: 5-15 minutes of the official code a row
                 path = earliest_sessions(path, synthetic_events)
             for device in devices:
                 settings = rows['synthetic' if name == 'synthetic' else 'sample']
@@ -541,7 +542,7 @@ def run(argv=None):
                    'with it instead of the table')
     p.add_argument('--official_events', type=int, default=OFFICIAL_SYNTHETIC_EVENTS, help='--official_code: '
                    'clicks of the synthetic split it trains on (its earliest sessions; default %(default)s, '
-                   'about 19k items; 1M: 37.6k items, the synthetic rows taking 8x as long)')
+                   '18.8k items; 1M: 37.6k items, the synthetic rows taking 8x as long)')
     args = p.parse_args(argv)
     gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
     devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
