@@ -149,7 +149,8 @@ def test_step_flops_counted_by_hand():
 
 
 class MatrixProducts(TorchDispatchMode):
-    """Records the matrix products torch runs: (m, k, n) of each (m, k) @ (k, n)."""
+    """Records the matrix products torch runs: (m, k, n) of each (m, k) @ (k, n) (2-D mm, matmul, addmm,
+    addmm_, linear; under train_step's inference mode torch dispatches linear and matmul whole)."""
 
     def __init__(self):
         super().__init__()
@@ -159,8 +160,8 @@ class MatrixProducts(TorchDispatchMode):
         op = func.overloadpacket
         if op is torch.ops.aten.linear:        # x (m, k), weight (n, k)
             self.shapes.append((*args[0].shape, args[1].shape[0]))
-        elif op in (torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.addmm):
-            a, b = args[-2:] if op is torch.ops.aten.addmm else args[:2]
+        elif op in (torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            a, b = args[1:3] if op in (torch.ops.aten.addmm, torch.ops.aten.addmm_) else args[:2]
             assert a.dim() == b.dim() == 2
             self.shapes.append((*a.shape, b.shape[1]))
         return func(*args, **(kwargs or {}))
