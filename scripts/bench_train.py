@@ -1,9 +1,20 @@
 """Training and evaluation speed of GRU4Rec: the fast training step, the plain one and an official-style
-stand-in side by side (issue #6). Figures go to benchmarks/RESULTS.md.
+stand-in side by side (issue #6), against the authors' code itself (--official_code), and each row's
+distance to this machine's own limit, the roofline (issue #17). Figures go to benchmarks/RESULTS.md.
 
     python scripts/bench_train.py --quick                # < 3 minutes on the 2-core CPU, one table
-    python scripts/bench_train.py                        # more steps and repeats; the GPU too when there is one
+    python scripts/bench_train.py                        # all rows, more steps and rounds (~10 minutes)
+    python scripts/bench_train.py --official_code DIR    # against the official code (~20 minutes)
+    python scripts/bench_train.py --official_code DIR --quick              # two rows (~2 minutes)
+    python scripts/bench_train.py --official_code DIR --rows rees46_xe_shared   # one row (~4 minutes)
     python scripts/bench_train.py --full_scale data/synthetic_full   # RSC15 scale: a preprocessed 31.6M split
+
+Rows (--rows NAME ... picks some): the six official paramfiles (config.PRESETS: rsc15_xe_shared_100,
+yoochoose_xe_shared, rees46_xe_shared, coveo_bprmax_shared, retailrocket_bprmax_shared - the BPR-max row
+of the earlier tables, `bprmax_shared` - and diginetica_bprmax_shared), then the RSC15 one with n_sample
+0 / 512 and batch 128 / 512 (rsc15_n_sample_0, ...). The table: every row on the real sample, the six
+paramfiles on the synthetic split; --quick: the paramfiles on the sample, rsc15_xe_shared_100 on the
+synthetic split. --rows: the rows named, on both data sets.
 
 Training speed = targets (events) per second over `--steps` mini-batches (at least 30) after a warm-up,
 for three implementations of the same training, measured in alternating rounds in one process:
@@ -15,27 +26,39 @@ for three implementations of the same training, measured in alternating rounds i
             (but with our AdagradM arithmetic, so it is a little faster than the official code). The
             official code itself is not part of this repository: --official_code (below) times it.
 Each cell is the best round; the ratio columns are medians over rounds of the per-round ratios (the
-shared VMs drift by up to 2x within minutes, which moves the three alike).
+shared VMs drift by up to 2x within minutes, which moves all columns alike).
+Roofline (`roofline`): the events/s of a step that did nothing but its matrix products, each at the rate
+this machine reaches on that very shape and layout: batch_size / the summed seconds of one torch.mm of
+each product of the step (step_products: the GRU's gi = x W_ih^T and gh = h W_hh^T, the scores top W^T
+over the B + n_sample candidates, and the gradients W.grad, grad top, W_ih.grad, W_hh.grad and grad x;
+no BPTT), timed on random tensors at the run's thread count, best of 3, as one more contestant in every
+round. The gates, the loss, the gathers and the optimiser count as free, so an implementation of the
+same products cannot beat it. Ours scores each distinct candidate item once: on the real sample (2.8k
+items) only 61-68% of the B + n_sample candidates are distinct, so its score products are a third
+smaller there and it can come close to or pass the roofline; on the synthetic split 95-99% are.
+"GFLOP a step" is the products' work (2 m k n each), "roofline GFLOP/s" the rate the roofline implies:
+a reader can check both.
 Data: the real 84k-click sample (../shared/data/yoochoose-clicks-sample.dat, preprocessed into a temporary
-folder; the synthetic demo data when absent) and a synthetic split with about 37.5k training items (the
-RSC15 item count; scripts/make_synthetic.py). Settings: the official RSC15 paramfile `rsc15_xe_shared_100`
-(XE + logQ, shared embedding, 100 units, batch 32, n_sample 2048) with batch / n_sample varied, and the
-BPR-max preset `bprmax_shared` (224 units, batch 80).
-Evaluation = predictions per second over the test split (all items ranked, batch 512), beside the rate the
-score product alone allows (an addmm of 512 states by all items, timed alone): no exact full ranking can
-beat that bound.
+folder; the synthetic demo data when absent) and a synthetic split with about 38.7k training items (the
+RSC15 item count; scripts/make_synthetic.py).
+Evaluation = predictions per second over the test split (all items ranked, batch 512) on the first row
+of each data set, beside the rate the score product alone allows (an addmm of 512 states by all items,
+timed alone): no exact full ranking can beat that bound.
+--official_code DIR: against the official PyTorch code itself, from your own clone of
+hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
+fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and the roofline (3
+rounds); the six paramfiles on the real sample's training split and on the earliest sessions of the
+synthetic split (--official_events: 120k clicks, 18.8k items; a whole epoch of the 2.5M-click split
+would take the official code 5-15 minutes a row). Both codes' sample stores hold one epoch's samples (the
+official code draws 10M with a Python binary search, ~10 s a model outside its events/s). The plain
+path is left out here (the table has it). --quick: rsc15_xe_shared_100 and diginetica_bprmax_shared on
+the real sample.
 --full_scale FOLDER: reads FOLDER/rsc15_train_full.txt and rsc15_test.txt (e.g. the full synthetic file
 preprocessed), trains `--steps` fast steps, evaluates 100,000 predictions, and reports load time, speeds
 and the peak memory of the process (RSS; GPU memory on cuda).
 --device cuda (or cuda:<n>, cpu) times that device alone; on a GPU the table's last column is the peak GPU
-memory of each setting (training, then evaluation on its first setting). --synthetic_sessions and
---settings shrink the run to a smoke test (scripts/gpu_check.py --quick).
---official_code DIR: against the official PyTorch code itself, from your own clone of
-hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
-fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and plain; the
-real sample's training split with every setting, and the target row on the earliest 1M events of the
-synthetic split (37.6k items); about 16 minutes. --quick: the target row and n_sample 512 on the real
-sample, about 1.5 minutes.
+memory of each row (training, then evaluation on its first row). --synthetic_sessions and --settings
+(the first N rows) shrink the run to a smoke test (scripts/gpu_check.py --quick).
 """
 import argparse
 import contextlib
@@ -59,7 +82,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from config import DEFAULTS, PRESETS  # noqa: E402
-from dataset import SessionData  # noqa: E402
+from dataset import SessionData, SessionParallelIterator  # noqa: E402
 from devices import pick_device  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from loss import parse_activation  # noqa: E402
@@ -71,15 +94,24 @@ from scripts.reproduce import prepare_quick_data  # noqa: E402
 from training import train_epoch, training_setup  # noqa: E402
 
 RSC15 = PRESETS['rsc15_xe_shared_100']
-SETTINGS = {          # name -> (preset overrides); the first is the issue's target row
-    'XE, batch 32, n_sample 2048': dict(RSC15),
-    'XE, batch 32, n_sample 0': dict(RSC15, n_sample=0),
-    'XE, batch 32, n_sample 512': dict(RSC15, n_sample=512),
-    'XE, batch 128, n_sample 2048': dict(RSC15, batch_size=128),
-    'XE, batch 512, n_sample 2048': dict(RSC15, batch_size=512),
-    'BPR-max (bprmax_shared)': dict(PRESETS['bprmax_shared']),
+PARAMFILES = ('rsc15_xe_shared_100', 'yoochoose_xe_shared', 'rees46_xe_shared', 'coveo_bprmax_shared',
+              'retailrocket_bprmax_shared', 'diginetica_bprmax_shared')     # the official paramfiles (config.py)
+SETTINGS = {          # row name -> settings; the paramfiles as published, then the RSC15 one varied
+    **{name: dict(PRESETS[name]) for name in PARAMFILES},
+    'rsc15_n_sample_0': dict(RSC15, n_sample=0),
+    'rsc15_n_sample_512': dict(RSC15, n_sample=512),
+    'rsc15_batch_128': dict(RSC15, batch_size=128),
+    'rsc15_batch_512': dict(RSC15, batch_size=512),
 }
-SYNTHETIC_SETTINGS = ('XE, batch 32, n_sample 2048', 'BPR-max (bprmax_shared)')
+QUICK_ROWS = ('rsc15_xe_shared_100', 'diginetica_bprmax_shared')   # --official_code --quick
+
+
+def describe(config):
+    """'layers / batch / n_sample / loss' of a row, e.g. '512 / 128 / 2048 / BPR-max elu-1'."""
+    loss = 'XE + logQ' if config['loss_type'] == 'cross-entropy' and config['logq'] else \
+        'XE' if config['loss_type'] == 'cross-entropy' else f"BPR-max {config['final_act']}" \
+        if config['loss_type'] == 'bpr-max' else config['loss_type']
+    return f"{'-'.join(map(str, config['layers']))} / {config['batch_size']} / {config['n_sample']} / {loss}"
 
 
 def sync(device):
@@ -131,7 +163,9 @@ def prepared(data, config, device, model, fast, official=False, warmup=20):
 
 
 def train_speeds(data, config, device, steps, rounds):
-    """{'fast', 'plain', 'official'} -> list of events/s, one per round, the order rotating each round."""
+    """{'fast', 'plain', 'official', 'roofline'} -> list of events/s, one per round, the order rotating
+    each round (the roofline timed between the others, so the VM's drift moves it alike), and the fast
+    run's model."""
     n = len(data.item_map)
     kwargs = dict(layers=config['layers'], constrained_embedding=True, dropout_p_embed=config['dropout_input'],
                   dropout_p_hidden=config['dropout_hidden'])
@@ -139,8 +173,9 @@ def train_speeds(data, config, device, steps, rounds):
             'plain': prepared(data, config, device, None, False),
             'official': prepared(data, config, device, OfficialStyleGRU4Rec(n, **kwargs).to(device), False,
                                  official=True)}
-    return alternating({name: lambda run=run: epoch_speed(run, steps) for name, run in runs.items()}, rounds), \
-        runs['fast'][0]
+    timed = {name: lambda run=run: epoch_speed(run, steps) for name, run in runs.items()}
+    timed['roofline'] = lambda: roofline(config, device)[0]
+    return alternating(timed, rounds), runs['fast'][0]
 
 
 def epoch_speed(run, max_steps=None):
@@ -162,6 +197,72 @@ def alternating(timed, rounds):
     return speeds
 
 
+def step_products(config):
+    """The matrix products of one training step of `config` (shared or separate embedding, no BPTT), as
+    model.GRU4Rec.train_step and the official code do them: a list of (what, m, k, n, a_t, b_t), each an
+    (m, k) @ (k, n) product whose left / right operand is a transposed view of a contiguous tensor where
+    a_t / b_t is True. B = batch_size, C = B + n_sample candidates (the targets and the shared samples,
+    duplicates included, as the official code scores them; ours scores each distinct item once, so it
+    can do less than this), per layer L units on an input of width d (the first layer's d is the last
+    layer's size with the shared embedding). The state gets no gradient (no BPTT), the input does (it
+    is an item table's rows)."""
+    B, layers = config['batch_size'], list(config['layers'])
+    C = B + config['n_sample']
+    if config['constrained_embedding']:
+        widths = [layers[-1]] + layers[:-1]
+    elif config['embedding_dim'] > 0:
+        widths = [config['embedding_dim']] + layers[:-1]
+    else:
+        raise ValueError('step_products: the one-hot input (no embedding) is not covered')
+    forward, backward = [], []
+    for i, (d, L) in enumerate(zip(widths, layers)):
+        forward += [(f'layer {i}: gi = x W_ih^T', B, d, 3 * L, False, True),
+                    (f'layer {i}: gh = h W_hh^T', B, L, 3 * L, False, True)]
+        backward = [(f'layer {i}: W_ih.grad = grad_gi^T x', 3 * L, B, d, True, False),
+                    (f'layer {i}: W_hh.grad = grad_gh^T h', 3 * L, B, L, True, False),
+                    (f'layer {i}: grad x = grad_gi W_ih', B, 3 * L, d, False, False)] + backward
+    top = layers[-1]
+    scores = [('scores = top W^T', B, top, C, False, True),
+              ('W.grad = grad_scores^T top', C, B, top, True, False),
+              ('grad top = grad_scores W', B, C, top, False, False)]
+    return forward + scores + backward
+
+
+def step_flops(config):
+    """Floating-point operations of one training step's matrix products (2 m k n each)."""
+    return sum(2 * m * k * n for _, m, k, n, _, _ in step_products(config))
+
+
+def gemm_seconds(m, k, n, a_t, b_t, device='cpu', repeats=3, min_seconds=0.003):
+    """Seconds of one torch.mm of that shape and layout on random float32 tensors of `device` (into a
+    reused output), at torch's current thread count: the best of `repeats` timings, each of enough
+    calls to last about min_seconds."""
+    a = torch.randn(k, m, device=device).T if a_t else torch.randn(m, k, device=device)
+    b = torch.randn(n, k, device=device).T if b_t else torch.randn(k, n, device=device)
+    out = torch.empty(m, n, device=device)
+
+    def timed(calls):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+        sync(device)
+        return (time.perf_counter() - start) / calls
+
+    calls = max(1, int(min_seconds / max(timed(1), timed(1), 1e-7)))
+    return min(timed(calls) for _ in range(repeats))
+
+
+def roofline(config, device='cpu', timer=gemm_seconds):
+    """(events/s, FLOP per step, seconds per step) that a training step doing only its matrix products
+    (step_products) at this machine's rate for those very shapes would reach: batch_size / the sum of
+    the products' timed seconds. The rest of a step (gates, loss, gathers, the optimiser) counts as
+    zero, so an implementation doing these products cannot beat it by more than noise (ours does fewer
+    where the samples repeat items: the module docstring). `timer`: gemm_seconds' arguments -> seconds."""
+    seconds = sum(timer(m, k, n, a_t, b_t, device=device) for _, m, k, n, a_t, b_t in step_products(config))
+    return config['batch_size'] / seconds, step_flops(config), seconds
+
+
 def eval_speeds(model, test, device):
     """(predictions/s of evaluate over the test split, predictions/s the score product alone allows)."""
     sync(device)
@@ -181,10 +282,12 @@ def eval_speeds(model, test, device):
     return speed, 5 * 512 / (time.perf_counter() - start)
 
 
-def datasets(folder, quick, synthetic=True, synthetic_sessions=800_000):
+def datasets(folder, synthetic=True, synthetic_sessions=800_000):
+    """[(name, folder with rsc15_train_full.txt / rsc15_test.txt)]: the real sample (the synthetic demo
+    data when ../shared is absent) and the synthetic split (38.7k training items at the default size)."""
     with contextlib.redirect_stdout(io.StringIO()):
         source = prepare_quick_data(os.path.join(folder, 'sample'))
-    out = [('real sample' if 'real' in source else 'synthetic demo', os.path.join(folder, 'sample'), list(SETTINGS))]
+    out = [('real sample' if 'real' in source else 'synthetic demo', os.path.join(folder, 'sample'))]
     if not synthetic:
         return out
     raw = os.path.join(folder, 'synthetic', 'yoochoose-clicks.dat')
@@ -192,8 +295,26 @@ def datasets(folder, quick, synthetic=True, synthetic_sessions=800_000):
     write_raw(raw, generate(synthetic_sessions, 52_739, days=30, seed=11))
     with contextlib.redirect_stdout(io.StringIO()):
         preprocessing.preprocess(raw, os.path.dirname(raw) + '/', log=lambda *a: None)
-    out.append(('synthetic', os.path.dirname(raw), list(SYNTHETIC_SETTINGS[:1] if quick else SYNTHETIC_SETTINGS)))
-    return out
+    return out + [('synthetic', os.path.dirname(raw))]
+
+
+def pick_rows(rows, only=None, first=None):
+    """The rows of `rows` named in `only` (all when None), in the order of `rows`; the first `first`."""
+    return [row for row in rows if only is None or row in only][:first]
+
+
+def table_rows(official, quick, only=None, first=None):
+    """{'sample': rows, 'synthetic': rows} a run times. The table: every row on the real sample, the
+    paramfiles on the synthetic split (--quick: the paramfiles, and the first of them). --official_code:
+    the paramfiles on both (--quick: QUICK_ROWS on the sample alone). --rows `only`: those rows instead,
+    on both data sets (the sample alone with --official_code --quick); --settings `first`: the first."""
+    if only:
+        rows = {'sample': SETTINGS, 'synthetic': () if official and quick else SETTINGS}
+    elif official:
+        rows = {'sample': QUICK_ROWS if quick else PARAMFILES, 'synthetic': () if quick else PARAMFILES}
+    else:
+        rows = {'sample': PARAMFILES if quick else SETTINGS, 'synthetic': PARAMFILES[:1] if quick else PARAMFILES}
+    return {name: pick_rows(names, only, first) for name, names in rows.items()}
 
 
 def full_scale(folder, device, steps):
@@ -258,7 +379,7 @@ def official_epoch(module, frame, config, device):
     model = module.GRU4Rec(**official_settings(config), device=torch.device(device))
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        model.fit(frame.copy(), compatibility_mode=False)
+        model.fit(frame.copy(), sample_cache_max_size=config['sample_store'], compatibility_mode=False)
     found = re.search(r'\|\s*([0-9.]+) e/s\]', log.getvalue())
     if found is None:
         raise RuntimeError(f'the official code printed no events/s line: {log.getvalue()[-300:]!r}')
@@ -271,24 +392,44 @@ def our_epoch(data, config, device, fast):
     return epoch_speed(training_setup(config, data, device) + (config, device))
 
 
+def epoch_store(config, data):
+    """config with a sample store of one epoch's samples on `data` (and a tenth to spare), not 10M: the
+    official code draws its store with a binary search in Python, about 10 s for 10M samples at one
+    thread (at set-up, outside its events/s figure, but a third of the wall time of an official epoch
+    on the real sample). Neither store runs out within the epoch."""
+    steps = len(SessionParallelIterator(data, config['batch_size']))
+    return {**config, 'sample_store': max(1, config['n_sample'] * (steps + steps // 10 + 1))}
+
+
 def official_comparison(module, path, settings, device, rounds):
-    """{setting: {'official', 'fast', 'plain'} -> events/s per round} on the training split in `path`."""
+    """{setting: {'official', 'fast', 'roofline'} -> events/s per round} on the training split in `path`."""
     frame = pd.read_csv(os.path.join(path, 'rsc15_train_full.txt'), sep='\t',
                         dtype={'SessionId': 'int64', 'ItemId': 'int64', 'Time': 'float64'})
     data = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
     results = {}
     for setting in settings:
-        config = {**DEFAULTS, **SETTINGS[setting]}
+        config = epoch_store({**DEFAULTS, **SETTINGS[setting]}, data)
         speeds = alternating({'official': lambda: official_epoch(module, frame, config, device),
                               'fast': lambda: our_epoch(data, config, device, True),
-                              'plain': lambda: our_epoch(data, config, device, False)}, rounds)
+                              'roofline': lambda: roofline(config, device)[0]}, rounds)
         results[setting] = speeds
-        print(f'  {setting}: official {max(speeds["official"]):,.0f}, fast {max(speeds["fast"]):,.0f} events/s',
-              flush=True)
+        print(f'  {setting}: official {max(speeds["official"]):,.0f}, fast {max(speeds["fast"]):,.0f}, '
+              f'roofline {max(speeds["roofline"]):,.0f} events/s', flush=True)
     return data, results
 
 
-OFFICIAL_SYNTHETIC_EVENTS = 1_000_000
+def median_ratio(speeds, a, b):
+    """The median over rounds of speeds[a] / speeds[b] (the same round's figures)."""
+    return statistics.median(x / y for x, y in zip(speeds[a], speeds[b]))
+
+
+def roofline_cells(config, speeds):
+    """'roofline events/s | GFLOP a step | GFLOP/s' of a row: its best round, the rate it implies."""
+    best, flops = max(speeds['roofline']), step_flops(config)
+    return f'{best:,.0f} | {flops / 1e9:.3f} | {flops * best / config["batch_size"] / 1e9:.1f}'
+
+
+OFFICIAL_SYNTHETIC_EVENTS = 120_000      # --official_code: the synthetic split's earliest sessions, 18.8k items
 
 
 def earliest_sessions(path, n_events):
@@ -304,31 +445,35 @@ def earliest_sessions(path, n_events):
     return folder
 
 
-def against_official(code, devices, quick, rounds):
-    """--official_code: whole first epochs against the official code; the real sample (every setting, or
-    the target row and n_sample 512 with --quick) and, without --quick, the 38.7k-item synthetic split
-    (the target row, on its earliest sessions: 1M events, 37.6k items)."""
+def against_official(code, devices, quick, rounds, only=None, first=None,
+                     synthetic_events=OFFICIAL_SYNTHETIC_EVENTS):
+    """--official_code: whole first epochs against the official code and the roofline, alternating; the
+    rows of table_rows(True, ...) on the real sample and on the earliest sessions of the synthetic split
+    (about `synthetic_events` clicks)."""
     module = load_official(code)
     print(f'official code from {code}; {rounds} alternating rounds of whole first epochs of fresh models '
-          '(set-up excluded); best round, ratios the median of per-round ratios', flush=True)
-    rows = []
+          '(set-up excluded) and of the roofline; best round, ratios the median of per-round ratios', flush=True)
+    rows = table_rows(True, quick, only, first)
+    table = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, path, settings in datasets(folder, quick=True, synthetic=not quick):
-            settings = list(SETTINGS)[:3:2] if quick else settings
-            if name == 'synthetic':       # a whole epoch of 2.5M events would take the official code 6 minutes
-                path = earliest_sessions(path, OFFICIAL_SYNTHETIC_EVENTS)
+        for name, path in datasets(folder, synthetic=bool(rows['synthetic'])):
+            if name == 'synthetic':       # a whole epoch of its 2.5M events: 5-15 minutes of the official code a row
+                path = earliest_sessions(path, synthetic_events)
             for device in devices:
+                settings = rows['synthetic' if name == 'synthetic' else 'sample']
                 data, results = official_comparison(module, path, settings, device, rounds)
-                rows += [(name, data, device, setting, speeds) for setting, speeds in results.items()]
+                table += [(name, data, device, setting, speeds) for setting, speeds in results.items()]
     print(f'\n{torch.get_num_threads()} threads\n')
-    print('| data | items | targets an epoch | device | setting | official code events/s | fast events/s | '
-          'plain events/s | fast / official | plain / official |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for name, data, device, setting, speeds in rows:
-        ratio = {k: statistics.median(s / o for s, o in zip(speeds[k], speeds['official'])) for k in ('fast', 'plain')}
+    print('| data | items | targets an epoch | device | setting | layers / batch / n_sample / loss | '
+          'official code events/s | fast events/s | fast / official | roofline events/s | GFLOP a step | '
+          'roofline GFLOP/s | fast / roofline | official / roofline |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for name, data, device, setting, speeds in table:
+        config = {**DEFAULTS, **SETTINGS[setting]}
         print(f'| {name} | {len(data.item_map):,} | {data.n_events - data.n_sessions:,} | {device} | {setting} | '
-              f'{max(speeds["official"]):,.0f} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
-              f'{ratio["fast"]:.2f} | {ratio["plain"]:.2f} |')
+              f'{describe(config)} | {max(speeds["official"]):,.0f} | {max(speeds["fast"]):,.0f} | '
+              f'{median_ratio(speeds, "fast", "official"):.2f} | {roofline_cells(config, speeds)} | '
+              f'{median_ratio(speeds, "fast", "roofline"):.2f} | {median_ratio(speeds, "official", "roofline"):.2f} |')
 
 
 def subset(data, n_events):
@@ -341,38 +486,16 @@ def subset(data, n_events):
     return part
 
 
-def run(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--quick', action='store_true', help='fewer steps and rounds: under 3 minutes on 2 CPU cores')
-    p.add_argument('--device', default='auto', help='auto = cpu, plus cuda when available')
-    p.add_argument('--steps', type=int, help='mini-batches per timed run (batch-32 equivalent; default 200, '
-                   'quick 150; full scale 2000)')
-    p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3)')
-    p.add_argument('--full_scale', metavar='FOLDER', help='a preprocessed RSC15-scale split instead of the table')
-    p.add_argument('--synthetic_sessions', type=int, default=800_000, help='size of the synthetic data set (its '
-                   '52,739 items keep about 38k after preprocessing at the default size)')
-    p.add_argument('--settings', type=int, help='only the first N settings of each data set (a smoke run)')
-    p.add_argument('--official_code', metavar='DIR', help='a clone of hidasib/GRU4Rec_PyTorch_Official: compare '
-                   'with it instead of the table')
-    args = p.parse_args(argv)
-    gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
-    devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
-        [pick_device(args.device)]
-    if args.official_code:
-        against_official(args.official_code, devices, args.quick, args.rounds or 3)
-        return
-    if args.full_scale:
-        for device in devices:
-            full_scale(args.full_scale, device, args.steps or 2000)
-        return
-    steps = args.steps or (150 if args.quick else 200)
-    rounds = args.rounds or (3 if args.quick else 7)
+def default_table(devices, quick, steps, rounds, only=None, first=None, synthetic_sessions=800_000):
+    """The table: every row (--quick: the paramfiles) on the real sample and the paramfile rows (--quick:
+    the first) on the synthetic split, or the rows named in `only` on both; the first `first` of each."""
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, devices: {", ".join(devices)}; '
           f'{rounds} rounds of {steps} batch-32-equivalent steps', flush=True)
-    rows = []
+    rows = table_rows(False, quick, only, first)
+    table = []
     with tempfile.TemporaryDirectory() as folder:
-        for name, path, settings in datasets(folder, args.quick, synthetic_sessions=args.synthetic_sessions):
-            settings = settings[:args.settings]
+        for name, path in datasets(folder, bool(rows['synthetic']), synthetic_sessions):
+            settings = rows['synthetic' if name == 'synthetic' else 'sample']
             train = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
             test = SessionData(os.path.join(path, 'rsc15_test.txt'), item_map=train.item_map)
             for device in devices:
@@ -382,21 +505,57 @@ def run(argv=None):
                     config = {**DEFAULTS, **SETTINGS[setting]}
                     n_steps = max(30, steps * 32 // config['batch_size'])
                     speeds, model = train_speeds(train, config, device, n_steps, rounds)
-                    ratio = {k: statistics.median(f / o for f, o in zip(speeds['fast'], speeds[k]))
-                             for k in ('plain', 'official')}
                     evaluation = eval_speeds(model, test, device) if setting == settings[0] else None
                     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
-                    rows.append((name, len(train.item_map), device, setting, speeds, ratio, evaluation, peak))
-                    print(f'  {name}, {device}, {setting}: fast {max(speeds["fast"]):,.0f} events/s', flush=True)
+                    table.append((name, len(train.item_map), device, setting, config, speeds, evaluation, peak))
+                    print(f'  {name}, {device}, {setting}: fast {max(speeds["fast"]):,.0f}, roofline '
+                          f'{max(speeds["roofline"]):,.0f} events/s', flush=True)
     print()
-    print('| data | items | device | setting | fast events/s | plain events/s | official-style events/s | '
-          'fast / plain | fast / official-style | eval predictions/s | score-product bound | peak GPU memory (GiB) |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
-    for name, items, device, setting, speeds, ratio, evaluation, peak in rows:
-        ev = f'{evaluation[0]:,.0f} | {evaluation[1]:,.0f}' if evaluation else '| '
-        print(f'| {name} | {items:,} | {device} | {setting} | {max(speeds["fast"]):,.0f} | {max(speeds["plain"]):,.0f} | '
-              f'{max(speeds["official"]):,.0f} | {ratio["plain"]:.2f} | {ratio["official"]:.2f} | {ev} | '
+    print('| data | items | device | setting | layers / batch / n_sample / loss | fast events/s | plain events/s | '
+          'official-style events/s | fast / plain | fast / official-style | roofline events/s | GFLOP a step | '
+          'roofline GFLOP/s | fast / roofline | eval predictions/s | score-product bound | peak GPU memory (GiB) |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for name, items, device, setting, config, speeds, evaluation, peak in table:
+        ev = f'{evaluation[0]:,.0f} | {evaluation[1]:,.0f}' if evaluation else ' | '
+        print(f'| {name} | {items:,} | {device} | {setting} | {describe(config)} | {max(speeds["fast"]):,.0f} | '
+              f'{max(speeds["plain"]):,.0f} | {max(speeds["official"]):,.0f} | '
+              f'{median_ratio(speeds, "fast", "plain"):.2f} | {median_ratio(speeds, "fast", "official"):.2f} | '
+              f'{roofline_cells(config, speeds)} | {median_ratio(speeds, "fast", "roofline"):.2f} | {ev} | '
               f'{"" if peak is None else f"{peak:.2f}"} |')
+
+
+def run(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--quick', action='store_true', help='fewer rows, steps and rounds: under 3 minutes on 2 CPU '
+                   'cores (with --official_code: two rows on the real sample)')
+    p.add_argument('--device', default='auto', help='auto = cpu, plus cuda when available')
+    p.add_argument('--steps', type=int, help='mini-batches per timed run (batch-32 equivalent; default 200, '
+                   'quick 150; full scale 2000)')
+    p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3; --official_code 3)')
+    p.add_argument('--rows', nargs='+', choices=list(SETTINGS), metavar='ROW',
+                   help=f'only these rows, on each data set (of: {", ".join(SETTINGS)})')
+    p.add_argument('--full_scale', metavar='FOLDER', help='a preprocessed RSC15-scale split instead of the table')
+    p.add_argument('--synthetic_sessions', type=int, default=800_000, help='size of the synthetic data set (its '
+                   '52,739 items keep about 38k after preprocessing at the default size)')
+    p.add_argument('--settings', type=int, help='only the first N rows of each data set (a smoke run)')
+    p.add_argument('--official_code', metavar='DIR', help='a clone of hidasib/GRU4Rec_PyTorch_Official: compare '
+                   'with it instead of the table')
+    p.add_argument('--official_events', type=int, default=OFFICIAL_SYNTHETIC_EVENTS, help='--official_code: '
+                   'clicks of the synthetic split it trains on (its earliest sessions; default %(default)s, '
+                   '18.8k items; 1M: 37.6k items, the synthetic rows taking 8x as long)')
+    args = p.parse_args(argv)
+    gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
+    devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
+        [pick_device(args.device)]
+    if args.official_code:
+        against_official(args.official_code, devices, args.quick, args.rounds or 3, args.rows, args.settings,
+                         args.official_events)
+    elif args.full_scale:
+        for device in devices:
+            full_scale(args.full_scale, device, args.steps or 2000)
+    else:
+        default_table(devices, args.quick, args.steps or (150 if args.quick else 200),
+                      args.rounds or (3 if args.quick else 7), args.rows, args.settings, args.synthetic_sessions)
 
 
 if __name__ == '__main__':

@@ -227,8 +227,11 @@ def checks(args, folder):
     def benchmark():
         out = python(['scripts/bench_train.py', '--quick', '--device', device, *size['bench']])
         bench.extend(line for line in out.splitlines() if line.startswith('|'))
-        first = bench[2].split('|') if len(bench) > 2 else ['?'] * 12
-        return True, f'fast {first[5].strip()} events/s, evaluation {first[10].strip()} predictions/s (table below)'
+        header, first = ([cell.strip() for cell in line.split('|')] for line in (bench[0], bench[2])) \
+            if len(bench) > 2 else ([], [])
+        cell = dict(zip(header, first))
+        return True, (f'fast {cell.get("fast events/s", "?")} events/s, evaluation '
+                      f'{cell.get("eval predictions/s", "?")} predictions/s (table below)')
     report.run(f'scripts/bench_train.py --quick --device {device}', benchmark)
     report.bench = bench
     return report, device

@@ -1,24 +1,33 @@
-"""scripts/bench_train.py: its three implementations train the same network, and its measurements run
-(a few steps on small synthetic data; the speed figures themselves live in benchmarks/RESULTS.md)."""
+"""scripts/bench_train.py: its three implementations train the same network, its roofline counts the
+step's products and times them, and its measurements run (a few steps on small synthetic data; the
+speed figures themselves live in benchmarks/RESULTS.md)."""
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from checkpoints import build_model
-from config import DEFAULTS
+from config import DEFAULTS, PRESETS
 from conftest import synthetic_split
+from loss import loss_function
 from dataset import SessionData, SessionParallelIterator
 from model import GRU4Rec
 from scripts import bench_train
 
 
 @pytest.fixture(scope='module')
-def split(tmp_path_factory):
+def split_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp('bench')
     synthetic_split(folder, n_sessions=1500, n_items=200, seed=2)
+    return str(folder)
+
+
+@pytest.fixture(scope='module')
+def split(split_folder):
+    folder = split_folder
     train = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
     return train, SessionData(os.path.join(folder, 'rsc15_test.txt'), item_map=train.item_map)
 
@@ -39,9 +48,9 @@ def test_official_style_stand_in_scores_like_gru4rec():
 
 def test_three_implementations_train_and_are_timed(split):
     train, test = split
-    config = {**DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
+    config = {**DEFAULTS, **bench_train.SETTINGS['rsc15_xe_shared_100'], 'n_sample': 64}
     speeds, model = bench_train.train_speeds(train, config, 'cpu', steps=5, rounds=2)
-    assert set(speeds) == {'fast', 'plain', 'official'}
+    assert set(speeds) == {'fast', 'plain', 'official', 'roofline'}
     assert all(len(v) == 2 and min(v) > 0 for v in speeds.values())
     assert not torch.equal(model.Wy, build_model(config, len(train.item_map), 'cpu').Wy)   # it trained
     evaluated, bound = bench_train.eval_speeds(model, test, 'cpu')
@@ -62,8 +71,8 @@ seen = {}
 class GRU4Rec:
     def __init__(self, **kwargs):
         seen['kwargs'] = kwargs
-    def fit(self, data, compatibility_mode=True):
-        seen['compatibility_mode'] = compatibility_mode
+    def fit(self, data, sample_cache_max_size=10000000, compatibility_mode=True):
+        seen['compatibility_mode'], seen['sample_cache_max_size'] = compatibility_mode, sample_cache_max_size
         pop = data.groupby('ItemId').size()
         seen['P0'] = torch.tensor(pop[data.ItemId.unique()], dtype=torch.float32)
         print('Epoch1 --> loss: 1.0 \\t(2.00s) \\t[10.50 mb/s | 1234 e/s]')
@@ -75,7 +84,7 @@ def test_official_comparison_drives_the_official_code(tmp_path, split):
     DataFrame (and may pass a pandas Series to torch.tensor), and its own events/s line is read."""
     (tmp_path / 'gru4rec_pytorch.py').write_text(FAKE_OFFICIAL)
     module = bench_train.load_official(str(tmp_path))
-    config = {**DEFAULTS, **bench_train.SETTINGS['BPR-max (bprmax_shared)']}
+    config = {**DEFAULTS, **bench_train.SETTINGS['retailrocket_bprmax_shared']}
     frame = pd.DataFrame({'SessionId': [1, 1, 2, 2], 'ItemId': [5, 7, 5, 9], 'Time': [1.0, 2.0, 3.0, 4.0]})
     assert bench_train.official_epoch(module, frame, config, 'cpu') == 1234.0
     kwargs = module.seen['kwargs']
@@ -84,15 +93,15 @@ def test_official_comparison_drives_the_official_code(tmp_path, split):
     assert (kwargs['dropout_p_embed'], kwargs['dropout_p_hidden'], kwargs['bpreg']) == (0.5, 0.05, 1.95)
     assert (kwargs['learning_rate'], kwargs['momentum'], kwargs['n_epochs']) == (0.05, 0.4, 1)
     assert kwargs['constrained_embedding'] and kwargs['embedding'] == 0
-    assert module.seen['compatibility_mode'] is False
+    assert module.seen['compatibility_mode'] is False and module.seen['sample_cache_max_size'] == 10_000_000
     assert torch.equal(module.seen['P0'], torch.tensor([2.0, 1.0, 1.0]))
-    xe = bench_train.official_settings({**DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048']})
+    xe = bench_train.official_settings({**DEFAULTS, **bench_train.SETTINGS['rsc15_xe_shared_100']})
     assert xe['loss'] == 'cross-entropy' and xe['logq'] == 1.0 and xe['elu_param'] == 0.0
 
 
 def test_our_epoch_takes_the_path_asked_for(split, monkeypatch):
     train, _ = split
-    config = {**DEFAULTS, **bench_train.SETTINGS['XE, batch 32, n_sample 2048'], 'n_sample': 64}
+    config = {**DEFAULTS, **bench_train.SETTINGS['rsc15_xe_shared_100'], 'n_sample': 64}
     fast_steps = []
     train_step = GRU4Rec.train_step
     monkeypatch.setattr(GRU4Rec, 'train_step', lambda *a, **k: fast_steps.append(1) or train_step(*a, **k))
@@ -122,3 +131,145 @@ def test_alternating_rotates_the_order_each_round():
     speeds = bench_train.alternating({k: (lambda k=k: calls.append(k) or len(calls)) for k in 'abc'}, 4)
     assert ''.join(calls) == 'abc' + 'bca' + 'cab' + 'abc'
     assert speeds == {'a': [1, 6, 8, 10], 'b': [2, 4, 9, 11], 'c': [3, 5, 7, 12]}
+
+
+def test_step_flops_counted_by_hand():
+    # one layer of 3 units, batch 2, 4 samples: C = 6 candidates, input width 3 (shared embedding)
+    one = {**DEFAULTS, 'layers': [3], 'batch_size': 2, 'n_sample': 4}
+    gru = 5 * 2 * 2 * 3 * 9           # gi, gh, W_ih.grad, W_hh.grad, grad x: each a 2 x 3 by 3 x 9 product
+    scores = 3 * 2 * 2 * 3 * 6         # scores, W.grad, grad top: each 2 x 3 by 3 x 6
+    assert bench_train.step_flops(one) == gru + scores == 756
+    # layers 4 then 3, batch 2, 1 sample: the first layer reads the last layer's width, 3
+    two = {**DEFAULTS, 'layers': [4, 3], 'batch_size': 2, 'n_sample': 1}
+    first = 2 * 2 * (3 * 12 + 4 * 12 + 12 * 3 + 12 * 4 + 12 * 3)      # gi, gh, W_ih.grad, W_hh.grad, grad x
+    second = 2 * 2 * (4 * 9 + 3 * 9 + 9 * 4 + 9 * 3 + 9 * 4)
+    assert bench_train.step_flops(two) == first + second + 3 * 2 * 2 * 3 * 3 == 1572
+    assert bench_train.step_flops({**DEFAULTS, **PRESETS['diginetica_bprmax_shared']}) == \
+        30 * 128 * 512 ** 2 + 6 * 128 * 512 * (128 + 2048)
+
+
+class MatrixProducts(TorchDispatchMode):
+    """Records the matrix products torch runs: (m, k, n) of each (m, k) @ (k, n) (2-D mm, matmul, addmm,
+    addmm_, linear; under train_step's inference mode torch dispatches linear and matmul whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        op = func.overloadpacket
+        if op is torch.ops.aten.linear:        # x (m, k), weight (n, k)
+            self.shapes.append((*args[0].shape, args[1].shape[0]))
+        elif op in (torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            a, b = args[1:3] if op in (torch.ops.aten.addmm, torch.ops.aten.addmm_) else args[:2]
+            assert a.dim() == b.dim() == 2
+            self.shapes.append((*a.shape, b.shape[1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('layers', [[4], [4, 3]])
+def test_step_products_are_the_fast_steps_products(layers):
+    """The roofline counts the work train_step does when every candidate is a distinct item (ours scores
+    each distinct item once) and the inputs are among them: the same FLOP in all."""
+    config = {**DEFAULTS, **PRESETS['diginetica_bprmax_shared'], 'layers': layers, 'batch_size': 2, 'n_sample': 4}
+    model = GRU4Rec(20, layers=layers, dropout_p_embed=0.5, dropout_p_hidden=0.3)
+    loss = loss_function('bpr-max', 'elu-1', 2)
+    inputs, candidates = torch.tensor([1, 2]), torch.tensor([3, 4, 1, 2, 5, 6])    # targets 3, 4; samples
+    with MatrixProducts() as products:
+        model.train_step(inputs, model.init_hidden(2), candidates, loss)
+    assert sum(2 * m * k * n for m, k, n in products.shapes) == bench_train.step_flops(config)
+    assert sorted(products.shapes) == sorted(p[1:4] for p in bench_train.step_products(config))
+
+
+def test_roofline_is_the_batch_over_the_timed_products():
+    config = {**DEFAULTS, 'layers': [3], 'batch_size': 2, 'n_sample': 4}
+    calls = []
+
+    def timer(m, k, n, a_t, b_t, device):       # a different rate for every shape: 1e6 + m FLOP/s
+        calls.append((m, k, n, a_t, b_t, device))
+        return 2 * m * k * n / (1e6 + m)
+
+    events, flops, seconds = bench_train.roofline(config, 'cpu', timer=timer)
+    assert calls == [p[1:] + ('cpu',) for p in bench_train.step_products(config)]
+    expected = sum(2 * m * k * n / (1e6 + m) for m, k, n, _, _, _ in calls)
+    assert seconds == pytest.approx(expected) and events == pytest.approx(2 / expected) and flops == 756
+
+
+def test_gemm_seconds_times_one_product_of_that_layout(monkeypatch):
+    seen = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, 'mm', lambda a, b, out: seen.append(
+        (a.shape, b.shape, a.is_contiguous(), b.is_contiguous(), out.shape)) or mm(a, b, out=out))
+    small = bench_train.gemm_seconds(6, 5, 4, True, False, repeats=2, min_seconds=0.001)
+    assert set(seen) == {((6, 5), (5, 4), False, True, (6, 4))}
+    seen.clear()
+    bench_train.gemm_seconds(6, 5, 4, False, True, repeats=2, min_seconds=0.001)
+    assert set(seen) == {((6, 5), (5, 4), True, False, (6, 4))}
+    monkeypatch.setattr(torch, 'mm', mm)
+    large = bench_train.gemm_seconds(256, 256, 256, False, False, repeats=2, min_seconds=0.001)
+    assert 0 < small < large / 20         # per call: 33.6 MFLOP against 240 FLOP
+
+
+def test_rows_are_the_official_paramfiles_and_are_picked_in_table_order():
+    assert list(bench_train.SETTINGS)[:6] == list(bench_train.PARAMFILES)
+    assert all(bench_train.SETTINGS[name] == PRESETS[name] for name in bench_train.PARAMFILES)
+    only = ['diginetica_bprmax_shared', 'rsc15_batch_128', 'rsc15_xe_shared_100']
+    assert bench_train.pick_rows(bench_train.PARAMFILES, only, first=1) == ['rsc15_xe_shared_100']
+    assert bench_train.pick_rows(bench_train.PARAMFILES, None, first=2) == list(bench_train.PARAMFILES[:2])
+    paramfiles, everything = list(bench_train.PARAMFILES), list(bench_train.SETTINGS)
+    assert bench_train.table_rows(False, False) == {'sample': everything, 'synthetic': paramfiles}
+    assert bench_train.table_rows(False, True) == {'sample': paramfiles, 'synthetic': paramfiles[:1]}
+    assert bench_train.table_rows(True, False) == {'sample': paramfiles, 'synthetic': paramfiles}
+    assert bench_train.table_rows(True, True) == {'sample': list(bench_train.QUICK_ROWS), 'synthetic': []}
+    in_order = ['rsc15_xe_shared_100', 'diginetica_bprmax_shared', 'rsc15_batch_128']
+    for official, quick in ((False, False), (False, True), (True, False)):
+        assert bench_train.table_rows(official, quick, only) == {'sample': in_order, 'synthetic': in_order}
+    assert bench_train.table_rows(True, True, only, first=2) == {'sample': in_order[:2], 'synthetic': []}
+    assert bench_train.table_rows(False, False, first=1) == {'sample': paramfiles[:1], 'synthetic': paramfiles[:1]}
+    with pytest.raises(SystemExit) as exit_:
+        bench_train.run(['--rows', 'rsc15'])
+    assert exit_.value.code == 2
+
+
+def table_rows(text):
+    lines = [line for line in text.splitlines() if line.startswith('|')]
+    header = [cell.strip() for cell in lines[0].strip('|').split('|')]
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:]]
+    assert all(len(row) == len(header) for row in rows)
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_default_table_runs_the_rows_asked_for(split_folder, monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(bench_train, 'datasets', lambda folder, synthetic, sessions: asked.append(synthetic) or
+                        [('real sample', split_folder)] + ([('synthetic', split_folder)] if synthetic else []))
+    bench_train.default_table(['cpu'], True, steps=2, rounds=1, only=['rsc15_n_sample_0'])
+    assert asked == [True]                   # the rows named, on both data sets
+    rows = table_rows(capsys.readouterr().out)
+    assert [(row['data'], row['setting']) for row in rows] == [('real sample', 'rsc15_n_sample_0'),
+                                                               ('synthetic', 'rsc15_n_sample_0')]
+    row = rows[0]
+    assert row['layers / batch / n_sample / loss'] == '100 / 32 / 0 / XE + logQ'
+    assert float(row['GFLOP a step']) == pytest.approx(bench_train.step_flops(
+        {**DEFAULTS, **bench_train.SETTINGS['rsc15_n_sample_0']}) / 1e9, abs=5e-4)
+    assert float(row['roofline events/s'].replace(',', '')) > 0 and float(row['fast / roofline']) > 0
+    assert float(row['eval predictions/s'].replace(',', '')) > 0
+
+
+def test_official_table_has_the_roofline_columns(split_folder, tmp_path, monkeypatch, capsys):
+    (tmp_path / 'gru4rec_pytorch.py').write_text(FAKE_OFFICIAL)
+    module = bench_train.load_official(str(tmp_path))
+    monkeypatch.setattr(bench_train, 'load_official', lambda folder: module)
+    monkeypatch.setattr(bench_train, 'datasets', lambda folder, synthetic: [('real sample', split_folder)])
+    monkeypatch.setattr(bench_train, 'roofline', lambda config, device: (2468.0, 0, 0))
+    small = {**bench_train.SETTINGS['rsc15_xe_shared_100'], 'n_sample': 64}
+    monkeypatch.setitem(bench_train.SETTINGS, 'rsc15_xe_shared_100', small)
+    bench_train.against_official(str(tmp_path), ['cpu'], True, 2, ['rsc15_xe_shared_100'])
+    row, = table_rows(capsys.readouterr().out)
+    assert row['official code events/s'] == '1,234' and row['roofline events/s'] == '2,468'
+    assert row['official / roofline'] == '0.50'
+    assert row['layers / batch / n_sample / loss'] == '100 / 32 / 64 / XE + logQ'
+    fast = float(row['fast events/s'].replace(',', ''))
+    assert fast > 0 and float(row['fast / official']) == pytest.approx(fast / 1234, rel=0.6)
+    steps = len(SessionParallelIterator(SessionData(os.path.join(split_folder, 'rsc15_train_full.txt')), 32))
+    assert module.seen['sample_cache_max_size'] == 64 * (steps + steps // 10 + 1)     # one epoch's samples

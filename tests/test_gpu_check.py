@@ -2,6 +2,7 @@
 between the rare sessions that have a GPU. One thread: a functional run, not a timing, and robust on a
 shared machine."""
 import os
+import re
 import subprocess
 
 from conftest import ROOT
@@ -19,8 +20,9 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert len(checks) == 9 and all(row.split('|')[2].strip() != 'FAIL' for row in checks), text
     for expected in ('torch ', 'Recall@20', 'largest metric difference 0.00e+00', "weights on ['cpu']",
                      'bit-equal required', '--deterministic: largest difference 0.00e+00, equal bits',
-                     'GRU4RecPlus R@20', '| XE, batch 32, n_sample 2048 |'):
+                     'GRU4RecPlus R@20', '| rsc15_xe_shared_100 |'):
         assert expected in text, expected
+    assert re.search(r'fast [0-9,]+ events/s, evaluation [0-9,]+ predictions/s', text), text   # cells by name
     assert 'all checks passed' in result.stdout
 
 
