@@ -361,7 +361,7 @@ def main_(argv=None):
     device = str(pick_device(args.device))
     total = sum(1 if (r[1][r[1].index('--model') + 1] if '--model' in r[1] else '') in DETERMINISTIC
                 else len(args.seeds) for r in runs)
-    results, text = [], ''
+    results = []
     from tqdm import tqdm
 
     origin = provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device)   # as it starts
@@ -386,12 +386,9 @@ def main_(argv=None):
         for run in runs:
             name, flags, per_seed = run[0], run[1], []
             results.append((name, per_seed))
-
-            def written():
-                nonlocal text
-                text = write_all()
             run_seeds(name, flags, args.seeds, progress, lambda seed: run_one(
-                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed), per_seed, written)
+                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed), per_seed, write_all)
+    text = write_all()
     scratch.cleanup()
     print('\n' + text + f'\nwrote {out}/table.md, results.json, comparison.png')
 
