@@ -3,6 +3,7 @@
     python scripts/reproduce.py --data data/          # on preprocessed RSC15 files (rsc15_train_full / rsc15_test)
     python scripts/reproduce.py --quick               # the real sample when ../shared has it, else synthetic data
     python scripts/reproduce.py --benchmark srgnn --data DIR --seeds 1 2 3      # an SRG-layout folder
+    python scripts/reproduce.py --benchmark srgnn --data DIR --seeds 1 2 3 --resume   # only the runs not yet done
 
 --benchmark srgnn: DIR holds one <name>_train_full.txt / <name>_test.txt pair written by preprocessing.py
 (--protocol srgnn or --dataset srgnn_files). POP, S-POP, Item-KNN, BPR-MF, GRU4Rec (rsc15_xe_shared_100
@@ -22,6 +23,7 @@ results/<name>/results.json, results/<name>/comparison.png, and the runs' checkp
 results/<name>/checkpoints/ (results/ is git-ignored). --quick uses the same settings; only the data is
 small (about 10 minutes on a 2-core CPU); its preprocessed files live in a temporary folder.
 """
+import json
 import os
 import statistics
 import sys
@@ -96,7 +98,7 @@ def prepare_quick_data(folder):
 
 def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test='rsc15_test.txt', seed=None):
     """Train one model on `train`, evaluate its last checkpoint on `test`."""
-    model = flags[flags.index('--model') + 1] if '--model' in flags else 'GRU4Rec'
+    model = model_of(flags)
     seeded = seed is not None and (model == 'GRU4Rec' or 'seed' in OTHER_DEFAULTS[model])
     start = time.perf_counter()
     path, _ = main.main(['--data_folder', data, '--train_data', train, '--checkpoint_dir', checkpoints,
@@ -107,12 +109,46 @@ def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test
     return dict(metrics, seconds=seconds, seed=seed if seeded else None, checkpoint=os.path.relpath(path, ROOT))
 
 
-def run_seeds(name, flags, seeds, progress, run, results, done=lambda: None):
-    """The runs of one model over the seeds (deterministic models once), appended to `results` with `done()`
-    called after each, so that a benchmark cut off mid-model keeps its finished seeds; a failure is recorded,
-    not raised."""
-    model = flags[flags.index('--model') + 1] if '--model' in flags else 'GRU4Rec'
-    for seed in (seeds[:1] if model in DETERMINISTIC else seeds):
+def model_of(flags):
+    return flags[flags.index('--model') + 1] if '--model' in flags else 'GRU4Rec'
+
+
+def seeds_to_run(name, flags, seeds, results):
+    """The seeds still to run for one model: all of `seeds` (the first only for a deterministic model) less
+    those with a finished, successful run in `results` ([(name, per-seed runs)])."""
+    finished = [r for r in dict(results).get(name, []) if 'failed' not in r]
+    if model_of(flags) in DETERMINISTIC:
+        return [] if finished else seeds[:1]
+    done = {r.get('seed') for r in finished}
+    return [seed for seed in seeds if seed not in done]
+
+
+def resumed_results(path, args, train, test, origin, names):
+    """--resume: the successful runs of the table's models (`names`) in an earlier results.json of the same
+    benchmark on the same data files ([(name, per-seed runs)], its order); `origin` records the provenance it
+    was resumed from."""
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        runs, earlier = record['runs'], record['provenance']
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f'--resume: {path} is not a results.json of this script ({err})') from None
+    counts = lambda p: {os.path.basename(k): v.get('events') for k, v in p.get('data', {}).items()}
+    if (record.get('benchmark'), record.get('train'), record.get('test')) != (args.benchmark, train, test) or \
+            counts(earlier) != counts(origin):
+        raise InputError(f'--resume: {path} holds a {record.get("benchmark")} benchmark on {counts(earlier)}, not '
+                         f'{args.benchmark} on {counts(origin)} (pass another --name)')
+    origin['resumed_from'] = earlier
+    kept = [(name, [r for r in run['per_seed'] if 'failed' not in r]) for name, run in runs.items() if name in names]
+    return [(name, per_seed) for name, per_seed in kept if per_seed]
+
+
+def run_seeds(name, seeds, progress, run, results, done=lambda: None):
+    """The runs of one model over `seeds` (seeds_to_run's), appended to `results` with `done()` called after
+    each, so that a benchmark cut off mid-model keeps its finished seeds; a failure is recorded, not raised."""
+    for seed in seeds:
         progress.set_description(f'{name} (seed {seed})')
         try:
             results.append(run(seed))
@@ -315,6 +351,9 @@ def main_(argv=None):
                    'Item-KNN)')
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, help='torch threads (default: torch\'s; 1 on a shared machine)')
+    p.add_argument('--resume', action='store_true', help='keep the finished runs of results/<name>/results.json '
+                   '(same benchmark and data files) and run only the missing (model, seed) pairs; failed runs are '
+                   'run again')
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -359,12 +398,14 @@ def main_(argv=None):
     on_sample = args.quick and source.startswith('the real sample')
     from devices import pick_device
     device = str(pick_device(args.device))
-    total = sum(1 if (r[1][r[1].index('--model') + 1] if '--model' in r[1] else '') in DETERMINISTIC
-                else len(args.seeds) for r in runs)
-    results = []
-    from tqdm import tqdm
-
     origin = provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device)   # as it starts
+    results = resumed_results(os.path.join(out, 'results.json'), args, train, test, origin, by_name) \
+        if args.resume else []
+    todo = {name: seeds_to_run(name, flags, args.seeds, results) for name, flags, *_ in runs}
+    total = sum(map(len, todo.values()))
+    shown_seeds = sorted({r['seed'] for _, per_seed in results for r in per_seed if r.get('seed') is not None}
+                         | set(args.seeds))
+    from tqdm import tqdm
 
     def write_all():           # after every run: a cut-off benchmark leaves what it measured
         record = {'benchmark': args.benchmark, 'data': source, 'train': train, 'test': test, 'provenance': origin,
@@ -372,21 +413,23 @@ def main_(argv=None):
         if srg:
             record['published'] = {'table': "SR-GNN AAAI'19 Table 2", 'dataset': published_name,
                                    'figures_percent': PUBLISHED.get(published_name)}
-            text = srg_table(results, published_name, args.data, prefix, args.seeds)
+            text = srg_table(results, published_name, args.data, prefix, shown_seeds)
             chart = srg_chart_rows(results, published_name)
         else:
-            text = table(results, runs[:len(results)], source, on_sample)
-            chart = rsc15_chart_rows(results, runs[:len(results)], on_sample)
+            rows = [by_name[name] for name, _ in results]
+            text = table(results, rows, source, on_sample)
+            chart = rsc15_chart_rows(results, rows, on_sample)
         write_text(os.path.join(out, 'table.md'), text)
         write_json(os.path.join(out, 'results.json'), record)
         bar_chart(os.path.join(out, 'comparison.png'), chart)
         return text
 
     with tqdm(total=total, unit='run', disable=None) as progress:
-        for run in runs:
-            name, flags, per_seed = run[0], run[1], []
-            results.append((name, per_seed))
-            run_seeds(name, flags, args.seeds, progress, lambda seed: run_one(
+        for name, flags, *_ in runs:
+            if name not in dict(results):
+                results.append((name, []))
+            per_seed = dict(results)[name]
+            run_seeds(name, todo[name], progress, lambda seed: run_one(
                 flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed), per_seed, write_all)
     text = write_all()
     scratch.cleanup()

@@ -139,3 +139,57 @@ def test_srgnn_benchmark_cut_off_mid_model_keeps_its_finished_seeds(tmp_path, mo
     rows = {line.split(' | ')[0][2:]: line for line in (out / 'table.md').read_text().splitlines()
             if line.startswith('| ')}
     assert rows['NARM'].startswith('| NARM | 0.1500 ± 0.0707 | 0.0750 ± 0.0354 | 2 |')
+
+
+def test_srgnn_benchmark_resume_runs_only_the_missing_seeds(tmp_path, monkeypatch):
+    from scripts import reproduce
+    data = srg_folder(tmp_path / 'data')
+    calls, resumed = [], []
+
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed):
+        calls.append((flags[-1], seed))
+        if not resumed and flags[-1] == 'NARM' and seed == 2:
+            raise KeyboardInterrupt                         # the first run is stopped in NARM's second seed
+        if not resumed and flags[-1] == 'STAMP':
+            raise RuntimeError('out of memory')             # STAMP fails the first time only
+        return {'Recall@20': 0.1 * seed, 'MRR@20': 0.05 * seed, 'n_predictions': 4, 'tie_mode': 'standard',
+                'seconds': 1.0, 'seed': None if flags[-1] == 'POP' else seed}
+
+    monkeypatch.setattr(reproduce, 'run_one', fake_run)
+    argv = ['--benchmark', 'srgnn', '--data', data, '--seeds', '1', '2', '3', '--results_dir', str(tmp_path / 'r'),
+            '--device', 'cpu']
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main_(argv + ['--only', 'POP', 'STAMP', 'NARM'])
+    assert calls == [('POP', 1), ('STAMP', 1), ('STAMP', 2), ('STAMP', 3), ('NARM', 1), ('NARM', 2)]
+    calls.clear()
+    resumed.append(True)
+    reproduce.main_(argv + ['--only', 'NARM', 'STAMP', 'POP', '--resume'])
+    assert calls == [('NARM', 2), ('NARM', 3), ('STAMP', 1), ('STAMP', 2), ('STAMP', 3)]   # POP and NARM 1 kept
+    out = tmp_path / 'r' / 'toy1_64'
+    record = json.loads((out / 'results.json').read_text())
+    assert list(record['runs']) == ['POP', 'NARM', 'STAMP']
+    assert [r['seed'] for r in record['runs']['NARM']['per_seed']] == [1, 2, 3]
+    assert record['provenance']['resumed_from']['seeds'] == [1, 2, 3]
+    rows = {line.split(' | ')[0][2:]: line for line in (out / 'table.md').read_text().splitlines()
+            if line.startswith('| ')}
+    assert rows['NARM'].startswith('| NARM | 0.2000 ± 0.1000 | 0.1000 ± 0.0500 | 3 |')
+    assert rows['POP'].startswith('| POP | 0.1000 | 0.0500 | 1 |')
+    calls.clear()
+    reproduce.main_(argv + ['--seeds', '4', '--only', 'POP', 'NARM', '--resume'])   # argv's seeds replaced
+    assert calls == [('NARM', 4)]
+    assert 'seeds 1 2 3 4;' in (out / 'table.md').read_text()
+
+
+def test_srgnn_resume_refuses_results_of_other_data(tmp_path, monkeypatch):
+    from scripts import reproduce
+    monkeypatch.setattr(reproduce, 'run_one', lambda *a: {'Recall@20': 0.5, 'MRR@20': 0.2, 'n_predictions': 4,
+                                                          'tie_mode': 'standard', 'seconds': 1.0, 'seed': None})
+    reproduce.main_(['--benchmark', 'srgnn', '--data', srg_folder(tmp_path / 'a'), '--only', 'POP', '--results_dir',
+                     str(tmp_path / 'r'), '--device', 'cpu'])
+    other = srg_folder(tmp_path / 'b')
+    with open(os.path.join(other, 'toy1_64_test.txt'), 'a') as f:
+        f.write('11\t1\t20.0\n')                            # one more test event: another data set
+    with pytest.raises(reproduce.InputError, match=r'^--resume: .*results.json holds a srgnn benchmark on .*'
+                       r'toy1_64_test.txt.: 5.*, not srgnn on .*toy1_64_test.txt.: 6'):
+        reproduce.main_(['--benchmark', 'srgnn', '--data', other, '--only', 'POP', '--results_dir',
+                         str(tmp_path / 'r'), '--device', 'cpu', '--resume'])
