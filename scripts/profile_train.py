@@ -2,11 +2,12 @@
 
     python scripts/profile_train.py                          # rsc15_xe_shared_100 on the real sample
     python scripts/profile_train.py --n_sample 512 --steps 500 --params bprmax_shared
+    python scripts/profile_train.py --params rees46_xe_shared --train data/rsc15_train_full.txt   # other data
 
 Runs train_epoch (the loop main.py trains with) for `--steps` mini-batches after a warm-up, under
 torch.profiler, and prints the operators by self CPU time: microseconds per step, share of the step and
-calls per step, plus the wall time per step. Data: the real sample when ../shared has it, else the
-synthetic demo data. Findings are recorded in benchmarks/RESULTS.md.
+calls per step, plus the wall time per step. Data: `--train` (a training file of preprocessing.py), else
+the real sample when ../shared has it, else the synthetic demo data. Findings are recorded in benchmarks/RESULTS.md.
 """
 import contextlib
 import io
@@ -35,13 +36,17 @@ def run(argv=None):
     p.add_argument('--steps', type=int, default=300)
     p.add_argument('--warmup', type=int, default=50)
     p.add_argument('--top', type=int, default=25)
+    p.add_argument('--train', help='a training file (SessionId, ItemId, Time) instead of the sample')
     args = p.parse_args(argv)
     overrides = ['--n_sample', str(args.n_sample)] if args.n_sample is not None else []
     config = resolve_config(main.parse_args(['--params', args.params, *overrides]))
-    with tempfile.TemporaryDirectory(prefix='profile_') as folder:
-        with contextlib.redirect_stdout(io.StringIO()):
-            source = prepare_quick_data(folder)
-        data = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
+    if args.train:
+        data, source = SessionData(args.train), args.train
+    else:
+        with tempfile.TemporaryDirectory(prefix='profile_') as folder:
+            with contextlib.redirect_stdout(io.StringIO()):
+                source = prepare_quick_data(folder)
+            data = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
     torch.manual_seed(config['seed'])
     run_state = training_setup(config, data, 'cpu')
     train_epoch(*run_state, config, 'cpu', max_steps=args.warmup)
