@@ -43,6 +43,7 @@ def srg_folder(folder, prefix='toy1_64'):
     train = [[1, 2, 3], [2, 3], [3, 1, 2], [1, 2], [2, 3, 1], [3, 2], [1, 3], [2, 1, 3], [3, 1]]
     sets = {'train_full': train, 'test': [[1, 2, 3], [3, 2]], 'train_tr': train[:8], 'train_valid': train[8:]}
     times = {part: [float(t) for t in range(sum(map(len, s)))] for part, s in sets.items()}
+    sets = {part: srgnn.flat_sessions(s) for part, s in sets.items()}
     srgnn.write(str(folder), prefix, sets, times, {'train_full': 1, 'train_tr': 1, 'train_valid': 9, 'test': 10},
                 {}, log=lambda *a: None)
     return str(folder)

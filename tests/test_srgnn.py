@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 
 import srgnn
@@ -254,3 +255,9 @@ def test_statistics_of_the_circulated_files_equal_the_data_readme(tmp_path, name
     full, tested = stats[f'{name}_train_full.txt'], stats[f'{name}_test.txt']
     assert (full['sessions'], full['events'], full['items']) == train
     assert (tested['sessions'], tested['events'], tested['predictions']) == test
+
+
+def test_times_are_written_with_three_decimals_as_printf_would():
+    times = np.array([0.0, 0.001, 0.01, 0.999, 7.25, 1396310400.0, 1396310400.002, 1396310459.12, 86399.0101])
+    assert srgnn.time_text(times).to_pylist() == [f'{t:.3f}' for t in times]
+    assert srgnn.time_text(np.array([-1.5, 2.0])).to_pylist() == ['-1.500', '2.000']    # the printf fallback
