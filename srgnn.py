@@ -292,17 +292,16 @@ def preprocess_raw(dataset, clicks, output_dir, recent_fraction, input_paths, lo
     """--protocol srgnn: J2 on the raw clicks of `dataset` (yoochoose or diginetica) -> the four files."""
     rows, codes, items, session_date, prefixes = srg_sets(clicks, WINDOW_DAYS[dataset], recent_fraction)
     name = f'{dataset}_srgnn' + (f'_1_{recent_fraction}' if recent_fraction else '')
-    sets, times, first_id = {}, {}, {}
-    next_id = {'train_full': 1, 'train_tr': 1, 'test': len(np.unique(codes[rows['train_full']])) + 1,
-               'train_valid': len(np.unique(codes[rows['train_tr']])) + 1}      # ids unique within each pair
+    sets, times = {}, {}
     for part, r in rows.items():
-        c = codes[r]
+        c = codes[r]                                    # each session's clicks together
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if len(c) else np.zeros(0, int)
         lengths = np.diff(np.r_[starts, len(c)])
         sets[part] = items[r], lengths
         position = np.arange(len(c)) - np.repeat(starts, lengths)
         times[part] = session_date[c].astype(np.float64) + 0.001 * position
-        first_id[part] = next_id[part]
+    first_id = {'train_full': 1, 'train_tr': 1, 'test': len(sets['train_full'][1]) + 1,
+                'train_valid': len(sets['train_tr'][1]) + 1}          # ids unique within each pair
     doc = {'input': [os.path.abspath(p) for p in input_paths], 'dataset': dataset, 'protocol': 'srgnn (J2)',
            'window_days': WINDOW_DAYS[dataset], 'recent_fraction': recent_fraction,
            'kept_training_prefixes': prefixes or None,
@@ -319,7 +318,8 @@ def flat_sessions(sessions):
 
 
 def set_stats(flat, lengths):
-    return {'events': len(flat), 'sessions': len(lengths), 'items': len(np.unique(flat)),
+    import pandas as pd
+    return {'events': len(flat), 'sessions': len(lengths), 'items': len(pd.unique(flat)),   # a hash, not a sort
             'predictions': len(flat) - len(lengths)}
 
 
