@@ -348,7 +348,7 @@ def write(output_dir, name, sets, times, first_id, doc, log, chunk=2_000_000):
                 f.write(b'SessionId\tItemId\tTime\n')
                 for lo in range(0, len(flat), chunk):
                     hi = lo + chunk
-                    pacsv.write_csv(pa.table({'SessionId': ids[lo:hi], 'ItemId': np.asarray(flat[lo:hi]),
+                    pacsv.write_csv(pa.table({'SessionId': ids[lo:hi], 'ItemId': flat[lo:hi],
                                               'Time': time_text(times[part][lo:hi])}), f, options)
         with open(tmp[stats_path], 'w') as f:
             f.write(json.dumps(dict(doc, sets=stats), indent=2) + '\n')
