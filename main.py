@@ -80,8 +80,8 @@ def parse_args(argv=None):
     d.add_argument('--device', default='auto', help='auto (the GPU when one is present and runs a test kernel, '
                    'else cpu), cpu, cuda, cuda:<n>')
     d.add_argument('--deterministic', action='store_true', help='deterministic GPU kernels only (torch\'s '
-                   'use_deterministic_algorithms and CUBLAS_WORKSPACE_CONFIG): a GPU run then repeats bit for bit, '
-                   'and its fast step equals the plain one; slower. CPU runs are deterministic anyway')
+                   'use_deterministic_algorithms and CUBLAS_WORKSPACE_CONFIG): a GPU run then repeats bit for bit and '
+                   '--resume equals an uninterrupted run; slower. CPU runs are deterministic anyway')
     return p.parse_args(argv)
 
 
