@@ -1,7 +1,6 @@
 """comparison_models.py: shapes, padding, SASRec causality, the history state, prefixes, learning."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

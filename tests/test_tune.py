@@ -90,7 +90,7 @@ def test_search_resume_and_final_retrain_agree(data, tmp_path):
 
 
 def test_failed_trials_are_recorded_not_fatal(data, tmp_path):
-    space = space_file(tmp_path, 'learning_rate choice [1e30]\noptimizer choice ["SGD"]\nn_sample choice [0]\n')
+    space = space_file(tmp_path, 'learning_rate choice [1e999]\noptimizer choice ["SGD"]\nn_sample choice [0]\n')
     with pytest.raises(InputError, match='every trial failed'):
         tune.main_(['--space', space, '--data', str(data), '--epochs', '1', '--trials', '2', '--sampler', 'random',
                     '--tune_dir', str(tmp_path / 't')])
