@@ -135,7 +135,7 @@ def test_recent_fraction_keeps_the_latest_prefixes(tmp_path):
     clicks = generate(n_sessions=4000, n_items=300, days=20, seed=2)
     path = str(tmp_path / 'clicks.dat')
     write_synthetic(path, clicks)
-    full = preprocessing.preprocess(path, str(tmp_path), log=lambda *a: None)
+    preprocessing.preprocess(path, str(tmp_path), log=lambda *a: None)
     quarter = preprocessing.preprocess(path, str(tmp_path), recent_fraction=4, log=lambda *a: None)
     whole = read_output(tmp_path / 'rsc15_train_full.txt')
     part = read_output(tmp_path / 'rsc15_1_4_train_full.txt')

@@ -72,7 +72,7 @@ def sets_of(rows, codes, items):
     """{set: [[items] per session]} from srg_sets' rows."""
     out = {}
     for part, r in rows.items():
-        sessions = []
+        sessions, last = [], None
         for row in r:
             if sessions and codes[row] == last:
                 sessions[-1].append(int(items[row]))
