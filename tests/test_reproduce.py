@@ -179,6 +179,20 @@ def test_srgnn_benchmark_resume_runs_only_the_missing_seeds(tmp_path, monkeypatc
     reproduce.main_(argv + ['--seeds', '4', '--only', 'POP', 'NARM', '--resume'])   # argv's seeds replaced
     assert calls == [('NARM', 4)]
     assert 'seeds 1 2 3 4;' in (out / 'table.md').read_text()
+    # a run trained with other flags (the table's settings changed since) is run again; one of a results.json
+    # written before flags were recorded is kept
+    record = json.loads((out / 'results.json').read_text())
+    per_seed = record['runs']['NARM']['per_seed']
+    assert [r['flags'] for r in per_seed] == [['--model', 'NARM']] * 4
+    per_seed[0]['flags'] = ['--model', 'NARM', '--lr', '0.1']
+    del per_seed[1]['flags']
+    (out / 'results.json').write_text(json.dumps(record))
+    calls.clear()
+    reproduce.main_(argv + ['--seeds', '1', '2', '--only', 'NARM', '--resume'])
+    assert calls == [('NARM', 1)]
+    per_seed = json.loads((out / 'results.json').read_text())['runs']['NARM']['per_seed']
+    assert [(r['seed'], r.get('flags')) for r in per_seed] == [
+        (2, None), (3, ['--model', 'NARM']), (4, ['--model', 'NARM']), (1, ['--model', 'NARM'])]
 
 
 def test_srgnn_resume_refuses_results_of_other_data(tmp_path, monkeypatch):
