@@ -54,6 +54,17 @@ def test_sasrec_is_causal():
         torch.testing.assert_close(model.encode(later_changed, torch.tensor([t])), model.encode(sequences, torch.tensor([t])))
 
 
+def test_sasrec_length_groups_give_the_one_padded_batch_vectors():
+    model = small('SASRec')
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 1, 12, 3, 2, 8, 1, 4, 9, 6, 12, 7, 2, 11, 10])     # groups 1, 2, 3-4, 5-8, 9-16
+    sequences = torch.randint(N, (len(lengths), 12), generator=generator)
+    sequences[torch.arange(12)[None, :] >= lengths[:, None]] = N
+    grouped = model.encode(sequences, lengths)
+    torch.testing.assert_close(grouped, model._encode_padded(sequences, lengths), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(grouped[:-1], grouped[1:])     # distinct rows: a mixed-up row order would show
+
+
 def test_history_state_keeps_the_last_clicks_in_order():
     model = small('STAMP', max_seq_length=6)
     hidden = model.init_hidden(2)
