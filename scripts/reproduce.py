@@ -91,6 +91,7 @@ DETERMINISTIC = ('POP', 'SPOP', 'ItemKNN')
 def prepare_quick_data(folder):
     """Preprocess the real sample (or, without ../shared, the synthetic demo data) into folder."""
     raw = SAMPLE if os.path.isfile(SAMPLE) else os.path.join(folder, 'yoochoose-clicks.dat')
+    os.makedirs(folder, exist_ok=True)
     if raw != SAMPLE:
         write_raw(raw, generate(**DEMO))
     preprocessing.preprocess(raw, folder + os.sep, log=lambda *a: None)

@@ -208,3 +208,13 @@ def test_srgnn_resume_refuses_results_of_other_data(tmp_path, monkeypatch):
                        r'toy1_64_test.txt.: 5.*, not srgnn on .*toy1_64_test.txt.: 6'):
         reproduce.main_(['--benchmark', 'srgnn', '--data', other, '--only', 'POP', '--results_dir',
                          str(tmp_path / 'r'), '--device', 'cpu', '--resume'])
+
+
+def test_quick_data_without_shared_is_the_synthetic_demo_in_a_new_folder(tmp_path, monkeypatch):
+    """Without ../shared (a user's clone, CI) --quick and bench_train.py --quick preprocess the synthetic demo
+    data, also into a folder that does not exist yet (bench_train passes <tmp>/sample)."""
+    from scripts import reproduce
+    monkeypatch.setattr(reproduce, 'SAMPLE', str(tmp_path / 'no_shared' / 'yoochoose-clicks-sample.dat'))
+    folder = tmp_path / 'new' / 'sample'
+    assert reproduce.prepare_quick_data(str(folder)).startswith('the synthetic demo data')
+    assert {'rsc15_train_full.txt', 'rsc15_test.txt'} <= set(os.listdir(folder))
