@@ -383,8 +383,11 @@ def test_baselines_train_checkpoint_and_evaluate_through_main(split, tmp_path):
 
 def start_training(argv, checkpoint_dir, until, signal_to_send):
     """Start main.py, wait until `until` (a checkpoint name) exists in its run folder, then signal it."""
+    # SIGINT as a terminal's Ctrl-C finds it: an ignored SIGINT would be inherited from this process (and
+    # python would then install no KeyboardInterrupt handler), which made the Ctrl-C test fail in full runs
     process = subprocess.Popen([sys.executable, 'main.py', *argv, '--checkpoint_dir', str(checkpoint_dir)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not glob.glob(str(checkpoint_dir / '*' / until)) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
