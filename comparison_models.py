@@ -230,17 +230,11 @@ class SASRec(SequenceModel):
         """Rows grouped by length (1, 2, 3-4, 5-8, ... clicks), each group cut to its own longest row: the
         causal mask makes the output at a row's last click independent of the padding after it, so the
         groups give the same vectors as one padded batch with a fraction of the work (a mini-batch of
-        YOOCHOOSE 1/64 prefixes averages 5 clicks, padded to 50: 6x faster an epoch)."""
+        YOOCHOOSE 1/64 prefixes averages 5 clicks, padded to 50: an epoch 4x faster)."""
         group = torch.ceil(torch.log2(lengths.double())).long()
         order = torch.argsort(group, stable=True)
-        counts = torch.bincount(group[order]).tolist()
-        parts, lo = [], 0
-        for count in counts:
-            if count:
-                rows = order[lo:lo + count]
-                width = int(lengths[rows].max())
-                parts.append(self._encode_padded(sequences[rows, :width], lengths[rows]))
-                lo += count
+        parts = [self._encode_padded(sequences[rows, :int(lengths[rows].max())], lengths[rows])
+                 for rows in order.split(torch.bincount(group).tolist()) if len(rows)]
         return torch.cat(parts).index_select(0, torch.argsort(order))
 
     def _encode_padded(self, sequences, lengths):

@@ -149,9 +149,10 @@ def resumed_results(path, args, train, test, origin, names):
         if name not in names:
             continue
         flags = names[name][1]
-        finished = [r for r in run['per_seed'] if 'failed' not in r]
-        same = [r for r in finished if r.get('flags', flags) == flags]    # a run of an older file has no flags
-        other = [r for r in finished if r not in same]
+        same, other = [], []
+        for r in run['per_seed']:
+            if 'failed' not in r:         # a run of an older results.json has no flags: kept
+                (same if r.get('flags', flags) == flags else other).append(r)
         if other:
             print(f'--resume: {len(other)} run(s) of {name} were trained with {" ".join(other[0]["flags"])}; '
                   f'run again with {" ".join(flags)}', file=sys.stderr, flush=True)
