@@ -273,3 +273,17 @@ def test_official_table_has_the_roofline_columns(split_folder, tmp_path, monkeyp
     assert fast > 0 and float(row['fast / official']) == pytest.approx(fast / 1234, rel=0.6)
     steps = len(SessionParallelIterator(SessionData(os.path.join(split_folder, 'rsc15_train_full.txt')), 32))
     assert module.seen['sample_cache_max_size'] == 64 * (steps + steps // 10 + 1)     # one epoch's samples
+
+
+def test_target_cells_follow_the_issue_rule_by_hand():
+    config = {'batch_size': 100}
+    # official 1,000 < half of 10,000: target 2x official = 2,000 events/s; fast 1,250
+    # beside the products: 100 / 1,250 - 100 / 10,000 = 0.08 - 0.01 s = 70 ms now, 100 / 2,000 - 0.01 = 40 ms
+    below = {'official': [900.0, 1000.0], 'fast': [1250.0, 1100.0], 'roofline': [9000.0, 10000.0]}
+    assert bench_train.target_cells(config, below) == '2,000 | 0.20 | 70.0 | 40.0'
+    # official 6,000 >= half of 10,000: target 80% of the roofline = 8,000; 100 / 8,000 - 0.01 = 2.5 ms
+    above = {'official': [6000.0], 'fast': [5000.0], 'roofline': [10000.0]}
+    assert bench_train.target_cells(config, above) == '8,000 | 0.80 | 10.0 | 2.5'
+    # 2x an official code at 0.45 of the roofline is 0.9 of it: 1.1 ms left beside the products
+    near = {'official': [4500.0], 'fast': [5000.0], 'roofline': [10000.0]}
+    assert bench_train.target_cells(config, near) == '9,000 | 0.90 | 10.0 | 1.1'
