@@ -436,8 +436,8 @@ def target_cells(config, speeds):
     them' of a row (best rounds): issue #17's target is 2x the official code where the official code is
     below half the roofline, else 80% of the roofline. "Beside the products" is a step's time minus the
     roofline's (the gathers, gates, loss, optimiser: everything but the matrix products at the
-    machine's rate), so the last two cells say how much of that part the target needs cut; a negative
-    last cell: the target is above the roofline itself."""
+    machine's rate), so the last two cells say how much of that part the target needs cut (the target
+    never passes the roofline, so the last cell is >= 0)."""
     official, fast, roof = max(speeds['official']), max(speeds['fast']), max(speeds['roofline'])
     target = 2 * official if official < roof / 2 else 0.8 * roof
     ms = 1000 * config['batch_size']
