@@ -496,11 +496,24 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(split, tmp_path
     assert torch.load(last, weights_only=True)['epoch'] >= 0      # intact and loadable
 
 
-def test_nan_loss_stops_and_keeps_no_bad_checkpoint(split, tmp_path):
-    result = run_command('main.py', '--data_folder', str(split), '--checkpoint_dir', str(tmp_path), *SMALL,
-                         '--lr', '1e30', '--optimizer_type', 'SGD', '--n_sample', '0')
-    assert result.returncode == 3
-    assert 'NaN' in result.stderr and 'Traceback' not in result.stderr
+def test_nan_loss_stops_and_keeps_no_bad_checkpoint(split, tmp_path, monkeypatch, capsys):
+    """A loss that turns NaN in the first epoch: exit 3, one message, no checkpoint. The NaN is injected (a
+    weight set to NaN before the first step) rather than hoped for from a huge learning rate: whether
+    `--lr 1e30` overflows depends on the loss's clipping and the machine (issue #32: it trained normally)."""
+    import training
+    real = training.train_epoch
+
+    def poisoned(model, *args, **kwargs):
+        with torch.no_grad():
+            model.cells[0].weight_hh[0, 0] = float('nan')
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, 'train_epoch', poisoned)
+    with pytest.raises(SystemExit) as stop:
+        main.main(['--data_folder', str(split), '--checkpoint_dir', str(tmp_path), *SMALL])
+    assert stop.value.code == 3
+    stderr = capsys.readouterr().err
+    assert 'NaN or infinite in epoch 0' in stderr and 'last good' not in stderr
     assert not glob.glob(str(tmp_path / '*' / '*.pt'))
 
 
