@@ -2,8 +2,12 @@
 fixed item successors) must beat popularity clearly, for each loss family and for the one-hot input mode.
 
 This is the clean-clone check that the pieces add up (tests/test_main.py has the longer one on the real
-sample, which needs ../shared). Margins stated below; the runs gave Recall@20 0.55-0.64 and MRR@20
-0.25-0.35 against POP's 0.42 / 0.08 on this split.
+sample, which needs ../shared). The gain over POP is averaged over three model seeds: one run's gain
+depends on its seed (issue #32: the BPR two-layer case gained 0.076 Recall@20 at one seed and 0.25 at
+another). Margins set from 48 runs per case on 2026-12-06 (data seeds 4, 5, 6 x model seeds 1, 2, 3, 42):
+the worst mean of any three seeds on any of the three splits was +0.086 Recall@20 / +0.157 MRR@20 (BPR,
+two layers; the other cases +0.127 / +0.170 or more), the worst single run +0.076 / +0.143; a model that
+learns nothing gains about 0.
 """
 import os
 
@@ -17,7 +21,8 @@ from dataset import SessionData
 from evaluation import evaluate
 from training import train_epoch, training_setup
 
-RECALL_MARGIN, MRR_MARGIN = 0.10, 0.15      # above POP's Recall@20 and MRR@20, absolute
+RECALL_MARGIN, MRR_MARGIN = 0.05, 0.10      # mean gain over POP's Recall@20 and MRR@20, absolute
+SEEDS = (1, 2, 3)
 
 CASES = {   # the published settings, shrunk to 32 units and a small sample store
     'XE + logQ, shared (rsc15_xe_shared_100)': dict(PRESETS['rsc15_xe_shared_100'], layers=[32], n_sample=128),
@@ -52,11 +57,14 @@ def one_thread():
 @pytest.mark.parametrize('case', list(CASES))
 def test_two_epochs_beat_popularity(split, one_thread, case):
     train, test, pop = split
-    config = {**DEFAULTS, **CASES[case], 'sample_store': 100_000}
-    torch.manual_seed(config['seed'])
-    run = training_setup(config, train, 'cpu')
-    losses = [train_epoch(*run, config, 'cpu')[0] for _ in range(2)]
-    assert losses[1] < losses[0]
-    got = evaluate(run[0], test, cutoffs=(20,))
-    assert got['Recall@20'] > pop['Recall@20'] + RECALL_MARGIN, (got, pop)
-    assert got['MRR@20'] > pop['MRR@20'] + MRR_MARGIN, (got, pop)
+    gains = []
+    for seed in SEEDS:
+        config = {**DEFAULTS, **CASES[case], 'sample_store': 100_000, 'seed': seed}
+        torch.manual_seed(seed)
+        run = training_setup(config, train, 'cpu')
+        losses = [train_epoch(*run, config, 'cpu')[0] for _ in range(2)]
+        assert losses[1] < losses[0], (seed, losses)
+        got = evaluate(run[0], test, cutoffs=(20,))
+        gains.append((got['Recall@20'] - pop['Recall@20'], got['MRR@20'] - pop['MRR@20']))
+    recall, mrr = (sum(g) / len(gains) for g in zip(*gains))
+    assert recall > RECALL_MARGIN and mrr > MRR_MARGIN, (gains, pop)
