@@ -339,6 +339,21 @@ def no_nulls(table, column, path, what, first_line=2):
         raise InputError(f'{path}, line {bad + first_line}: empty {what} ({column})')
 
 
+def writable_labels(column, labels, path, what, first_line=2):
+    """A label with a TAB, a line break or a double quote (a quoted CSV field may hold them) cannot be
+    written into the TAB split files unquoted: one error naming the first row that holds one."""
+    if labels is None:
+        return
+    bad = pc.match_substring_regex(labels, '[\t\r\n"]')
+    if not pc.any(bad).as_py():
+        return
+    strings = pc.fill_null(column.cast(pa.string()), '')
+    row = pc.index(pc.is_in(strings, value_set=labels.filter(bad)), True).as_py()
+    label = strings[row].as_py()
+    raise InputError(f'{path}, line {row + first_line}: {what} {label!r} holds a TAB, a line break or a double '
+                     f'quote, which the TAB-separated split files cannot hold')
+
+
 def events(session, item, time, order, labels=None, scale=1):
     out = {'session': session, 'item': item[order], 'time': time[order], 'scale': scale}
     if labels is not None:
@@ -462,6 +477,7 @@ def read_custom(paths, session_key=None, user_key=None, item_key='ItemId', time_
         time, scale = numeric_time(table[time_key].combine_chunks(), path, time_unit)
     keep = keep_events(table, event_key, events_kept, path) if event_key else None
     item, labels = integer_ids(table[item_key])
+    writable_labels(table[item_key], labels, path, 'item id')
     if user_key:
         user, _ = integer_ids(table[user_key])
         if keep is not None:

@@ -313,3 +313,17 @@ def test_the_combined_sort_key_and_the_lexsort_fallback_give_the_same_order(monk
         monkeypatch.setattr(datasets, 'SORT_KEY_BITS', bits)
         order = datasets.sort_order(*keys)
         np.testing.assert_array_equal(np.stack(keys)[:, order], np.stack(keys)[:, expected])
+
+
+def test_an_item_id_the_split_files_cannot_hold_is_one_error_naming_the_row(tmp_path):
+    # a quoted CSV field may hold a TAB, a line break or a quote; the TAB split files cannot (issue #32:
+    # pyarrow's ArrowInvalid traceback at write time, after the whole run)
+    for bad, shown in (('"a\tb"', r"'a\tb'"), ('"a""b"', """'a"b'"""), ('"a\nb"', r"'a\nb'")):
+        lines = [f'{s},{s * 7200 + t},{bad if t == 4 and s > 2 else f"i{(s + t) % 3}"}'
+                 for s in range(1, 40) for t in range(1, 5 if 2 < s < 10 else 4)]   # 7 clicks on it: it is kept
+        path = write(tmp_path / 'log.csv', 'SessionId,Time,ItemId', lines)
+        with pytest.raises(preprocessing.InputError) as err:
+            preprocessing.preprocess(path, str(tmp_path / 'out'), 'custom', log=lambda *a: None)
+        assert str(err.value) == (f'{path}, line 11: item id {shown} holds a TAB, a line break or a double quote, '
+                                  f'which the TAB-separated split files cannot hold')
+        assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
