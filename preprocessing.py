@@ -40,7 +40,11 @@ yoochoose | diginetica | retailrocket | rees46 | coveo | custom (J1 steps 3-7, c
   The files get the prefix `<name>_1_<N>_`.
 
 Timestamps are parsed as UTC (the official script used the machine's local zone; a constant
-offset cannot change any split, spec A2). Reading uses pyarrow's multi-threaded CSV parser.
+offset cannot change any split, spec A2). Wrong dates: every window is measured back from the last click,
+so a few clicks dated far after the rest (a row dated 2999) would be the whole test set; `late_outliers`
+finds them (a minority after a gap of more than a year, or over 100 years after the first click) and
+--time_outliers says what happens: error (default, naming the first rows), drop, or keep (a warning).
+The log gives the dates each file covers. Reading uses pyarrow's multi-threaded CSV parser.
 """
 import argparse
 import errno
@@ -60,6 +64,8 @@ DAY = 86400
 MAX_RUNS = 1000   # a file taking more runs of lines than this from a formatted chunk is cut by a byte mask
 RAW_COLUMNS = ['SessionId', 'Timestamp', 'ItemId', 'Category']
 KAGGLE_HINT = 'on Kaggle: --input ../input/recsys-challenge-2015/yoochoose-clicks.dat'
+OUTLIER_GAP_DAYS = 365      # a minority of clicks dated this long after all the others: wrong dates
+FAR_DAYS = 36525            # clicks more than 100 years after the first: wrong dates whatever their number
 
 
 # ---------------------------------------------------------------- reading the raw file
@@ -210,6 +216,75 @@ def keep_recent_sessions(s_codes, session_ids, time, mask, fraction):
     keep = np.zeros(len(end), dtype=bool)
     keep[order[owner:]] = True
     return mask & keep[s_codes]
+
+
+# ---------------------------------------------------------------- wrong dates
+
+def late_outliers(time, per_day):
+    """Row mask of the clicks with wrong, far-future dates: those after the last gap of more than
+    OUTLIER_GAP_DAYS days between two clicks (in calendar days of the data) when they are fewer than half
+    of all clicks, and any click more than FAR_DAYS after the first. Every split window is measured back
+    from the last click, so one click dated 2999 would leave the test set with that click's session alone.
+    None when there are none (one pass over the days, a bincount of at most FAR_DAYS + 1 bins)."""
+    day = time // per_day
+    day -= day.min()                                     # in place: days since the first click's day
+    far = day > FAR_DAYS if day.max() > FAR_DAYS else None
+    used = np.flatnonzero(np.bincount(day if far is None else day[~far]))
+    gaps = np.flatnonzero(np.diff(used) > OUTLIER_GAP_DAYS)
+    late = far if far is not None else np.zeros(len(day), dtype=bool)
+    if len(gaps):
+        after = day >= used[gaps[-1] + 1]
+        if 2 * np.count_nonzero(after) < len(day):
+            late = after | late
+    return late if late.any() else None
+
+
+def handle_time_outliers(clicks, time, per_day, policy, describe, log):
+    """Apply --time_outliers (error | drop | keep) to the late outliers of `time`; returns the clicks (without
+    them for drop). describe(rows) names a few rows (file line, session, item, date) for the messages."""
+    late = late_outliers(time, per_day)
+    if late is None:
+        return clicks
+    rows = np.flatnonzero(late)
+    before = time[~late].max() if (~late).any() else time.min()
+    what = (f'{len(rows):,} click(s) dated after a gap of more than {OUTLIER_GAP_DAYS} days following the '
+            f'other {len(time) - len(rows):,} (last of those {date_text(before, per_day)}): {describe(rows[:3])}'
+            + (', ...' if len(rows) > 3 else ''))
+    if policy == 'error':
+        raise InputError(f'{what}; every split window is measured back from the last click, so these would '
+                         f'be the test set. Fix their dates, or pass --time_outliers drop (or keep)')
+    log(f'warning: {what}; ' + ('dropped (--time_outliers drop)' if policy == 'drop' else
+                                'kept as they are (--time_outliers keep)'))
+    if policy == 'keep':
+        return clicks
+    n = len(time)
+    return {k: v[~late] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v for k, v in clicks.items()}
+
+
+def date_text(value, per_day):
+    """A timestamp of the data (units of 1 / per_day days) as a UTC date and time."""
+    seconds = int(value) * DAY // per_day
+    return str(np.datetime64(seconds, 's')).replace('T', ' ')
+
+
+def click_descriptions(clicks, time, per_day, first_line=None):
+    """describe() for handle_time_outliers: 'line 7: session 3, item 214, 2999-01-01 00:00:00' for rows."""
+    labels = clicks.get('item_labels')
+
+    def describe(rows):
+        return '; '.join((f'line {r + first_line}: ' if first_line is not None else '')
+                         + f'session {clicks["session"][r]}, item '
+                         + (str(labels[int(clicks['item'][r])]) if labels is not None else str(clicks['item'][r]))
+                         + f', {date_text(time[r], per_day)}' for r in rows)
+    return describe
+
+
+def span_line(time, mask, per_day):
+    """The dates a set covers, for the log."""
+    if not mask.any():
+        return '\n\tSpan: (empty)'
+    values = time[mask]
+    return (f'\n\tSpan: {date_text(values.min(), per_day)} - {date_text(values.max(), per_day)} UTC')
 
 
 # ---------------------------------------------------------------- the two rule sets: spec A, J1
@@ -460,15 +535,17 @@ DEFAULT_INPUT = {'rsc15': ['data/yoochoose-clicks.dat'], 'yoochoose': ['data/yoo
 
 
 def preprocess(input_path, output_dir, variant='rsc15', test_days=None, recent_fraction=None, test_input=None,
-               log=print, custom=None):
+               log=print, custom=None, time_outliers='error'):
     """Run one dataset's rules end to end; returns {file name: stats}. All outputs appear together or not at all.
 
     variant: a name of DATASET_NAMES; input_path: the raw file or a list of them (Rees46: both months);
     test_days: t_day in days (default: the dataset's); custom: read_custom's keyword arguments plus
-    `name`, `rules` ('cmp' or 'rsc15') and `dedup` (True/False) for variant 'custom'.
+    `name`, `rules` ('cmp' or 'rsc15') and `dedup` (True/False) for variant 'custom'; time_outliers: what
+    to do with clicks dated far after all others (late_outliers): 'error', 'drop' or 'keep'.
     """
     if variant == 'rsc15':
-        return preprocess_rsc15(input_path, output_dir, 1 if test_days is None else test_days, recent_fraction, log)
+        return preprocess_rsc15(input_path, output_dir, 1 if test_days is None else test_days, recent_fraction, log,
+                                time_outliers)
     paths = [input_path] if isinstance(input_path, str) else list(input_path)
     custom = dict(custom or {})
     name, rules, dedup = custom.pop('name', variant), custom.pop('rules', 'cmp'), custom.pop('dedup', True)
@@ -493,6 +570,8 @@ def preprocess(input_path, output_dir, variant='rsc15', test_days=None, recent_f
         days = spec['t_day'] if test_days is None else test_days
         t_split = spec['t_split']
     scale = clicks['scale']
+    clicks = handle_time_outliers(clicks, clicks['time'], DAY * scale, time_outliers,
+                                  click_descriptions(clicks, clicks['time'], DAY * scale), log)
     prefix = f'{name}_' + (f'1_{recent_fraction}_' if recent_fraction else '')
     if rules == 'rsc15':
         clicks['time_ms'] = clicks['time'] * (1000 // scale)
@@ -505,11 +584,13 @@ def preprocess(input_path, output_dir, variant='rsc15', test_days=None, recent_f
     with ThreadPoolExecutor(2) as pool:
         counts = pool.map(lambda mask: set_stats(clicks, mask), sets.values())
         stats = {prefix + part + '.txt': c for part, c in zip(sets, counts)}
+    per_day = DAY * (1000 if rules == 'rsc15' else scale)
+    spans = [span_line(clicks['time'], mask, per_day) for mask in sets.values()]
     if filtered:
         log(f'after filtering\n\tEvents: {filtered["events"]}\n\tSessions: {filtered["sessions"]}'
             f'\n\tItems: {filtered["items"]}')
-    for file_name, c in stats.items():
-        log(f'{file_name}\n\tEvents: {c["events"]}\n\tSessions: {c["sessions"]}\n\tItems: {c["items"]}')
+    for (file_name, c), span in zip(stats.items(), spans):
+        log(f'{file_name}\n\tEvents: {c["events"]}\n\tSessions: {c["sessions"]}\n\tItems: {c["items"]}{span}')
     stats_doc = {'input': [os.path.abspath(p) for p in paths], 'dataset': variant, 'rules': rules,
                  'test_days': days, 't_split': None if t_split is None else t_split / scale,
                  'recent_fraction': recent_fraction, 'after_filtering': filtered, 'sets': stats}
@@ -534,21 +615,24 @@ def read_yoochoose(path, test_input, log):
     return clicks
 
 
-def preprocess_rsc15(input_path, output_dir, test_days, recent_fraction, log):
+def preprocess_rsc15(input_path, output_dir, test_days, recent_fraction, log, time_outliers='error'):
     """Spec A (the official GRU4Rec example) end to end."""
     if not isinstance(input_path, str):
         if len(input_path) != 1:
             raise InputError(f'--input: rsc15 takes one clicks file, got {len(input_path)}')
         input_path, = input_path
     clicks = read_clicks(input_path)
+    clicks = handle_time_outliers(clicks, clicks['time_ms'], DAY * 1000, time_outliers,
+                                  click_descriptions(clicks, clicks['time_ms'], DAY * 1000, first_line=1), log)
     clicks['time'] = clicks['time_ms']
     prefix = 'rsc15_' + (f'1_{recent_fraction}_' if recent_fraction else '')
     sets = rsc15(clicks, test_days, recent_fraction)
     with ThreadPoolExecutor(2) as pool:     # the masked gathers release the GIL
         counts = pool.map(lambda mask: set_stats(clicks, mask), sets.values())
         stats = {prefix + name + '.txt': c for name, c in zip(sets, counts)}
-    for file_name, counts in stats.items():
-        log(f'{file_name}\n\tEvents: {counts["events"]}\n\tSessions: {counts["sessions"]}\n\tItems: {counts["items"]}')
+    for (file_name, counts), mask in zip(stats.items(), sets.values()):
+        log(f'{file_name}\n\tEvents: {counts["events"]}\n\tSessions: {counts["sessions"]}\n\tItems: {counts["items"]}'
+            + span_line(clicks['time_ms'], mask, DAY * 1000))
     stats_doc = {'input': os.path.abspath(input_path), 'variant': 'rsc15', 'test_days': test_days,
                  'recent_fraction': recent_fraction, 'sets': stats}
     return write_outputs(output_dir, prefix, sets, stats, stats_doc, clicks, milliseconds_as_seconds, log)
@@ -584,6 +668,10 @@ def parse_args(argv=None):
     p.add_argument('--protocol', choices=['srgnn'], default=None,
                    help='srgnn: the NARM / STAMP / SR-GNN protocol (datasets-spec J2; --dataset yoochoose or '
                         'diginetica) instead of the dataset\'s default rules')
+    p.add_argument('--time_outliers', choices=['error', 'drop', 'keep'], default='error',
+                   help='clicks dated more than %d days after all the others (fewer than half of the data, or over '
+                        '100 years after the first click): stop with an error naming them (default), drop them, or '
+                        'keep them; every split window is measured back from the last click' % OUTLIER_GAP_DAYS)
     p.add_argument('--test_input', default=None, help='yoochoose-test.dat for the yoochoose dataset '
                                                       '(default: beside --input when present)')
     c = p.add_argument_group('--dataset custom: a log of your own (CSV / TSV / .parquet); --dataset srgnn_files: '
@@ -691,11 +779,13 @@ def main(argv=None):
         return srgnn.convert_files(args.input[0], args.output_dir, args.name)
     if args.protocol == 'srgnn':
         paths = args.input or DEFAULT_INPUT[args.dataset]
-        return srgnn.preprocess_raw(args.dataset, read_srg_clicks(args.dataset, paths), args.output_dir,
-                                    args.recent_fraction, paths)
+        clicks = read_srg_clicks(args.dataset, paths)
+        clicks = handle_time_outliers(clicks, clicks['date'], DAY, args.time_outliers, click_descriptions(
+            clicks, clicks['date'], DAY, first_line=1 if args.dataset == 'yoochoose' else 2), print)
+        return srgnn.preprocess_raw(args.dataset, clicks, args.output_dir, args.recent_fraction, paths)
     paths = args.input or DEFAULT_INPUT.get(args.dataset)
     preprocess(paths, args.output_dir, args.dataset, args.test_days, args.recent_fraction, args.test_input,
-               custom=custom_options(args) if args.dataset == 'custom' else None)
+               custom=custom_options(args) if args.dataset == 'custom' else None, time_outliers=args.time_outliers)
 
 
 if __name__ == '__main__':

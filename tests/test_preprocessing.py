@@ -350,3 +350,83 @@ def test_output_file_falls_back_to_writing_when_the_kernel_cannot_copy(tmp_path,
     with pytest.raises(OSError, match='No space'):              # a real error is not taken for "unsupported"
         other.copy_from(target, 0, b'head\n')
     other.close(), target.close()
+
+
+# ---------------------------------------------------------------- wrong dates (issue #32)
+
+def test_a_click_dated_2999_is_named_and_refused_or_dropped(tmp_path):
+    """Every window is measured back from the last click: one click dated 2999 made the test set that
+    click's session alone (147 sessions -> 1 on the real sample), with exit 0 and no word."""
+    raw = tmp_path / 'clean.dat'
+    write_synthetic(str(raw), generate(600, 60, days=12, seed=5))
+    lines = open(raw).read().splitlines()
+    session, stamp, item, category = lines[40].split(',')
+    bad_line = f'{session},2999-01-01T00:00:00.000Z,{item},{category}'
+    dated = tmp_path / 'dated.dat'
+    dated.write_text('\n'.join(lines[:41] + [bad_line] + lines[41:]) + '\n')
+    result = run_command('preprocessing.py', '--input', str(dated), '--output_dir', str(tmp_path / 'refused'))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith(f'error: 1 click(s) dated after a gap of more than 365 days following the other '
+                                    f'{len(lines):,} (last of those ')
+    assert f'line 42: session {session}, item {item}, 2999-01-01 00:00:00' in result.stderr
+    assert '--time_outliers drop' in result.stderr
+    assert not (tmp_path / 'refused').exists() or not os.listdir(tmp_path / 'refused')
+    logged = []
+    preprocessing.preprocess(str(raw), str(tmp_path / 'clean') + '/', log=logged.append)
+    preprocessing.preprocess(str(dated), str(tmp_path / 'drop') + '/', time_outliers='drop', log=logged.append)
+    for name in ('train_full', 'test', 'train_tr', 'train_valid'):
+        assert read_output(tmp_path / 'drop' / f'rsc15_{name}.txt').equals(
+            read_output(tmp_path / 'clean' / f'rsc15_{name}.txt'))
+    assert any(line.startswith('warning: 1 click(s) dated') and line.endswith('dropped (--time_outliers drop)')
+               for line in logged)
+    stats = preprocessing.preprocess(str(dated), str(tmp_path / 'keep') + '/', time_outliers='keep', log=logged.append)
+    assert stats['rsc15_test.txt']['sessions'] <= 1                       # what keeping them means
+    test_span = [line for line in logged if line.startswith('rsc15_test.txt')][-1]
+    assert test_span.endswith(' - 2999-01-01 00:00:00 UTC'), test_span     # the log shows it
+
+
+def test_late_outliers_rule():
+    per_day = 10                       # time in tenths of a day
+    bulk = np.arange(0, 3000, 7)       # 300 days of clicks
+    rule = preprocessing.late_outliers
+    assert rule(bulk, per_day) is None
+    assert list(np.flatnonzero(rule(np.r_[bulk, 2999 + 3660], per_day))) == [len(bulk)]   # 366 days later
+    assert rule(np.r_[bulk, 2999 + 3650], per_day) is None                                   # 365: a gap allowed
+    early = np.r_[-9000, bulk]                    # one click 900 days before the rest: the later part is the data
+    assert rule(early, per_day) is None
+    two = np.r_[bulk, bulk + 10_000]              # two real periods, the later one not a minority
+    assert rule(two, per_day) is None
+    far = np.r_[bulk, bulk[:400] + 400_000]       # over 100 years after the first click: wrong, whatever the count
+    assert np.count_nonzero(rule(far, per_day)) == 400
+
+
+def test_each_split_logs_the_dates_it_covers(tmp_path):
+    raw = tmp_path / 'clicks.dat'
+    write_raw(raw, [(s, f'2014-04-{1 + s % 9:02d}T10:00:0{k}.000Z', 100 + (s + k) % 4) for s in range(1, 60)
+                    for k in range(3)])
+    logged = []
+    preprocessing.preprocess(str(raw), str(tmp_path) + '/', log=logged.append)
+    test = [line for line in logged if line.startswith('rsc15_test.txt')][0]
+    assert test.endswith('\tSpan: 2014-04-08 10:00:00 - 2014-04-09 10:00:02 UTC'), test
+
+
+def test_wrong_dates_are_caught_in_every_route(tmp_path):
+    """The J1 datasets and custom logs (events sorted: no line number, the session, item and date), and the
+    SR-GNN protocol (its split is the last date minus a window too)."""
+    lines = [f'{s},{1_700_000_000 + s * 7200 + k},i{(s + k) % 4}' for s in range(1, 50) for k in range(3)]
+    lines[10] = '4,32503680000,i2'                                       # 3000-01-01
+    path = tmp_path / 'log.csv'
+    path.write_text('SessionId,Time,ItemId\n' + '\n'.join(lines) + '\n')
+    with pytest.raises(preprocessing.InputError, match=r'^1 click\(s\) dated after .*: session 4, item i2, '
+                                                        r'3000-01-01 00:00:00; every split window'):
+        preprocessing.preprocess(str(path), str(tmp_path / 'out'), 'custom', log=lambda *a: None)
+    raw = tmp_path / 'clicks.dat'
+    write_synthetic(str(raw), generate(300, 40, days=12, seed=6))
+    with open(raw, 'a') as f:
+        f.write('7,2999-06-01T00:00:00.000Z,5,0\n')
+    for extra in (['--dataset', 'yoochoose', '--protocol', 'srgnn'], ['--dataset', 'yoochoose']):
+        result = run_command('preprocessing.py', '--input', str(raw), '--output_dir', str(tmp_path / 'o'), *extra)
+        assert result.returncode == 2 and 'item 5, 2999-06-01 00:00:00' in result.stderr, (extra, result.stderr)
+    result = run_command('preprocessing.py', '--input', str(raw), '--output_dir', str(tmp_path / 'o'),
+                         '--dataset', 'yoochoose', '--protocol', 'srgnn', '--time_outliers', 'drop')
+    assert result.returncode == 0 and 'warning: 1 click(s) dated' in result.stdout, result.stderr
