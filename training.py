@@ -163,6 +163,7 @@ def train(args, config, device, resume=None):
     if name == 'GRU4Rec':
         run = training_setup(config, data, device)
         model, optimizer, _, iterator, sampler, _ = run
+        check_learning_rate(config['lr'], model)
         print(f'{iterator.n_targets:,} targets in {len(iterator):,} mini-batches per epoch')
         if resume is not None:
             first, history = restore(resume[1], data, model, optimizer, sampler, device)
@@ -218,6 +219,18 @@ def train(args, config, device, resume=None):
         sys.exit(130)
     print(f'saved {last_good}')
     return last_good, metrics
+
+
+def check_learning_rate(lr, model):
+    """Stop (exit 3, as for a NaN loss) before training when --lr is beyond the weights' float range: torch
+    refuses such a step size ("value cannot be converted to type float without overflow"), and an
+    infinite one makes the weights infinite at the first step."""
+    dtype = next(model.parameters()).dtype
+    if not lr <= torch.finfo(dtype).max:
+        print(f'error: --lr {lr:g} is beyond the largest {str(dtype).replace("torch.", "")} '
+              f'({torch.finfo(dtype).max:.3g}), the type of the weights: every step would make them infinite; '
+              f'stopped before training. Try a lower --lr.', file=sys.stderr)
+        sys.exit(3)
 
 
 def restore(state, data, model, optimizer, sampler, device):
