@@ -12,7 +12,13 @@ recommend.py's popular fallback; absent from checkpoints saved before it was add
 GRU4Rec checkpoints saved before issue #20 hold the output layer as one table `Y` = [W_y | b_y]; they load
 as the two tables W_y and b_y of today's model, optimiser state included (`split_output_table`), so old
 runs still evaluate, serve recommendations and resume.
+
+Damage and forgery (issue #32): `weights_sha256`, a sha256 over the weights' names, dtypes, shapes and
+bytes, is recorded at save and checked at load (checkpoints saved before it have none and still load);
+the configuration, model name, item ids and item support are checked before a model is built from them,
+each failure one line naming the file.
 """
+import hashlib
 import json
 import os
 import time
@@ -66,6 +72,17 @@ def on_cpu(value):
     return value
 
 
+def weights_sha256(weights):
+    """sha256 (hex) over a state_dict's tensors in order: each one's name, dtype and shape, then its bytes
+    (read in place, no copy for a contiguous CPU tensor)."""
+    digest = hashlib.sha256()
+    for name, tensor in weights.items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name} {tensor.dtype} {tuple(tensor.shape)};'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, loss, metrics, history=None,
                     item_support=None):
     device = model_device(model)
@@ -76,6 +93,7 @@ def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, lo
              'metrics': metrics, 'history': history, 'device': device.type, **rng_state(device),
              'item_support': None if item_support is None else torch.as_tensor(item_support, dtype=torch.int64)}
     state = on_cpu(state)
+    state['weights_sha256'] = weights_sha256(state['model'])
     write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
 
 
@@ -102,19 +120,76 @@ def load_checkpoint(path, device, expected_model=None):
     if state.get('version') != CHECKPOINT_VERSION:
         raise InputError(f'--load_model {path}: checkpoint version {state.get("version")}, '
                          f'this code reads {CHECKPOINT_VERSION}')
+    check_contents(path, state)
     config, item_map = state['config'], ItemMap(state['item_ids'])
     name = state.get('model_name', 'GRU4Rec')
     if name == 'GRU4Rec' and 'Y' in state['model']:
         state = split_output_table(state)
     if expected_model is not None and name != expected_model:
         raise InputError(f'--load_model {path}: holds a {name} model, not {expected_model} (--model)')
-    model = build_model(dict(config, model=name), len(item_map), device)
+    try:
+        model = build_model(dict(config, model=name), len(item_map), device)
+    except (TypeError, ValueError, KeyError) as err:      # a setting of the wrong kind for that model
+        raise InputError(f'--load_model {path}: its config does not describe a {name} model '
+                         f'({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__})') from None
     try:
         model.load_state_dict(state['model'])
     except RuntimeError as err:
         raise InputError(f'--load_model {path}: weights do not match the saved configuration '
                          f'({str(err).splitlines()[0]})') from None
     return model, config, item_map, state
+
+
+# the settings build_model reads from a GRU4Rec config: (check, what is expected)
+GRU4REC_SETTINGS = {
+    'layers': (lambda v: isinstance(v, list) and v and all(isinstance(n, int) and n >= 1 for n in v),
+               'a list of sizes >= 1'),
+    'embedding_dim': (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+    'constrained_embedding': (lambda v: isinstance(v, int), 'true or false'),      # (bool is an int)
+    'dropout_input': (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, 'a number in [0, 1)'),
+    'dropout_hidden': (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, 'a number in [0, 1)'),
+    'seed': (lambda v: isinstance(v, int), 'an integer'),
+    'optimizer_type': (lambda v: isinstance(v, str), 'an optimiser name'),
+}
+
+
+def check_contents(path, state):
+    """InputError (one line naming `path`) for a checkpoint whose fields are not what save_checkpoint
+    writes: the weights against their checksum, the model name, the configuration, the item ids and the
+    item support. (Checkpoints without a checksum were saved before it existed: not checked.)"""
+    where = f'--load_model {path}'
+    weights = state.get('model')
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise InputError(f'{where}: model: expected the weights as a mapping of names to tensors')
+    try:
+        digest = weights_sha256(weights) if 'weights_sha256' in state else None
+    except (RuntimeError, TypeError):                     # a sparse or otherwise odd tensor: not ours
+        raise InputError(f'{where}: model: expected dense weight tensors') from None
+    if digest is not None and digest != state['weights_sha256']:
+        raise InputError(f'{where}: the weights do not match the sha256 checksum saved with them (the file is '
+                         f'damaged; use another checkpoint of the run)')
+    name = state.get('model_name', 'GRU4Rec')
+    if name != 'GRU4Rec' and (not isinstance(name, str) or name not in OTHER_MODELS):
+        raise InputError(f'{where}: model_name {name!r}: expected one of GRU4Rec, {", ".join(OTHER_MODELS)}')
+    config = state.get('config')
+    if not isinstance(config, dict):
+        raise InputError(f'{where}: config: expected a mapping of settings, got a {type(config).__name__}')
+    if name == 'GRU4Rec':
+        for key, (ok, expected) in GRU4REC_SETTINGS.items():
+            if key not in config:
+                raise InputError(f'{where}: its config has no {key!r} (expected {expected}); not saved by main.py')
+            if not ok(config[key]):
+                raise InputError(f"{where}: its config's {key}: expected {expected}, got {config[key]!r}")
+    ids = state.get('item_ids')
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InputError(f'{where}: item_ids: expected a list of item ids (strings)')
+    if len(set(ids)) != len(ids):
+        raise InputError(f'{where}: item_ids: expected distinct item ids, {len(ids) - len(set(ids))} repeated')
+    support = state.get('item_support')
+    if support is not None and not (isinstance(support, torch.Tensor) and support.dim() == 1
+                                    and len(support) == len(ids)):
+        got = len(support) if isinstance(support, torch.Tensor) and support.dim() == 1 else type(support).__name__
+        raise InputError(f'{where}: item_support: expected one count per item ({len(ids)}), got {got}')
 
 
 def split_output_table(state):

@@ -1,5 +1,14 @@
-"""A learning rate beyond float32 (issue #32): a clear stop, not torch's overflow traceback."""
+"""Damaged and forged checkpoints (issue #32), and a learning rate beyond float32. Each condition is
+forced: bytes flipped in the file, a checkpoint rewritten with one field wrong, an --lr torch cannot hold."""
+import os
+
+import pytest
+import torch
+
+from checkpoints import load_checkpoint
+from cli import InputError
 from conftest import run_command, write_split
+import main
 
 SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--sample_store', '10000',
          '--dropout_hidden', '0.1']
@@ -8,6 +17,70 @@ SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--sample_s
 def train_file(tmp_path):
     return write_split(tmp_path / 'train.txt', [(s, f'i{(s * 3 + k * (1 + s % 4)) % 13}', 10 * s + k)
                                                 for s in range(40) for k in range(3 + s % 3)])
+
+
+def trained(tmp_path, n_epochs=1, *flags):
+    """A finished run of `n_epochs` epochs; (its run folder, its last checkpoint)."""
+    path, _ = main.main(['--train_data', train_file(tmp_path), '--checkpoint_dir', str(tmp_path / 'ck'), *SMALL,
+                         '--n_epochs', str(n_epochs), *flags])
+    return os.path.dirname(path), path
+
+
+# ---------------------------------------------------------------- damaged and forged checkpoints
+
+def test_a_flipped_weight_fails_its_checksum(tmp_path):
+    run, path = trained(tmp_path)
+    weights = torch.load(path, weights_only=True)['model']['Wy']
+    data = bytearray(open(path, 'rb').read())
+    start = data.find(weights.numpy().tobytes())
+    assert start > 0 and weights.numel() * 4 >= 128
+    for i in range(start + 64, start + 128):
+        data[i] ^= 0xFF
+    damaged = tmp_path / 'damaged.pt'
+    damaged.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(damaged, weights_only=True)['model']['Wy'], weights)   # torch reads it
+    with pytest.raises(InputError, match='damaged.pt: the weights do not match the sha256 checksum saved with them'):
+        load_checkpoint(str(damaged), 'cpu')
+    result = run_command('main.py', '--is_eval', '--load_model', str(damaged), '--valid_data', str(tmp_path / 'train.txt'))
+    assert result.returncode == 2 and result.stderr.count('\n') == 1 and 'checksum' in result.stderr, result.stderr
+    # a checkpoint saved before the checksum (no such field) still loads
+    state = torch.load(path, weights_only=True)
+    del state['weights_sha256']
+    old = tmp_path / 'old.pt'
+    torch.save(state, old)
+    model, _, _, _ = load_checkpoint(str(old), 'cpu')
+    assert torch.equal(model.state_dict()['Wy'], weights)
+
+
+def forged(tmp_path, path, change):
+    """`path` rewritten with `change(state)` applied; the new file's path."""
+    state = torch.load(path, weights_only=True)
+    change(state)
+    out = tmp_path / f'forged_{len(os.listdir(tmp_path))}.pt'
+    torch.save(state, out)
+    return str(out)
+
+
+def test_forged_contents_are_one_line_each(tmp_path):
+    _, path = trained(tmp_path)
+    cases = [(lambda s: s['config'].pop('layers'), "its config has no 'layers'"),
+             (lambda s: s.update(model_name='GRU5'), "model_name 'GRU5': expected one of GRU4Rec, "),
+             (lambda s: s.update(model_name='ItemKNN'), 'ItemKNN model'),
+             (lambda s: s.update(model_name=7), 'model_name 7: expected one of GRU4Rec, '),
+             (lambda s: s.update(config='layers=16'), 'config: expected a mapping of settings, got a str'),
+             (lambda s: s['item_ids'].__setitem__(1, s['item_ids'][0]), 'item_ids: expected distinct item ids'),
+             (lambda s: s.update(item_ids='i0'), 'item_ids: expected a list of item ids'),
+             (lambda s: s.update(item_support=s['item_support'][:-1]),
+              'item_support: expected one count per item (13), got 12'),
+             (lambda s: s['config'].update(layers='16'), "its config's layers: expected a list of sizes"),
+             (lambda s: s['config'].update(dropout_hidden=None), "its config's dropout_hidden: expected")]
+    for change, message in cases:
+        bad = forged(tmp_path, path, change)
+        with pytest.raises(InputError, match=f'^--load_model {bad}: .*') as raised:
+            load_checkpoint(bad, 'cpu')
+        assert message in str(raised.value) and '\n' not in str(raised.value), (message, str(raised.value))
+    result = run_command('main.py', '--is_eval', '--load_model', forged(tmp_path, path, lambda s: s['config'].pop('layers')))
+    assert result.returncode == 2 and result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr
 
 
 # ---------------------------------------------------------------- a learning rate beyond float32

@@ -464,6 +464,7 @@ def to_the_old_layout(path):
     """Rewrite a checkpoint as code before issue #20 saved it: W_y and b_y as one table Y = [W_y | b_y],
     the model's first parameter, with the optimiser state to match."""
     state = torch.load(path, weights_only=True)
+    del state['weights_sha256']                        # that code recorded no checksum (issue #32)
     model = state['model']
     state['model'] = {'Y': torch.cat([model.pop('Wy'), model.pop('By')[:, None]], 1), **model}
     old = state['optimizer']['state']
