@@ -16,11 +16,17 @@ runs still evaluate, serve recommendations and resume.
 Damage and forgery (issue #32): `weights_sha256`, a sha256 over the weights' names, dtypes, shapes and
 bytes, is recorded at save and checked at load (checkpoints saved before it have none and still load);
 the configuration, model name, item ids and item support are checked before a model is built from them,
-each failure one line naming the file.
+each failure one line naming the file. The checkpoint is serialised in memory first, so a full disk is
+an OSError (torch's own file writer turns it into an unspecific RuntimeError) and the message can give
+the checkpoint's size beside the free space. `remove_stale_temporaries` and `prune_checkpoints` tidy a
+run folder: temporary files of processes that died mid-write, and checkpoints beyond --keep_checkpoints.
 """
 import hashlib
+import io
 import json
 import os
+import re
+import sys
 import time
 
 import torch
@@ -94,7 +100,56 @@ def save_checkpoint(path, model, config, item_map, optimizer, sampler, epoch, lo
              'item_support': None if item_support is None else torch.as_tensor(item_support, dtype=torch.int64)}
     state = on_cpu(state)
     state['weights_sha256'] = weights_sha256(state['model'])
-    write_atomically([path], lambda tmp: torch.save(state, tmp[path]))
+    serialised = io.BytesIO()
+    torch.save(state, serialised)          # in memory: a failed write below is then a plain OSError
+
+    def write(tmp):
+        with open(tmp[path], 'wb') as f:
+            f.write(serialised.getbuffer())
+    write_atomically([path], write, what='the checkpoint', size=serialised.getbuffer().nbytes)
+
+
+def remove_stale_temporaries(folder):
+    """Remove `<name>.tmp-<pid>` files (write_atomically's) in `folder` whose process is gone: what a
+    SIGKILL or power loss in mid-write leaves. A live process's file is left alone. Returns the names."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        match = re.fullmatch(r'.+\.tmp-(\d+)', name)
+        if match is None or process_alive(int(match.group(1))):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:            # it exists, as another user's process
+        return True
+    except (OverflowError, ValueError):        # no process can have that number
+        return False
+    return True
+
+
+def prune_checkpoints(run_dir, epoch, keep):
+    """--keep_checkpoints: of the checkpoints model_XXXXX.pt up to `epoch` (the one just written), delete
+    all but the newest `keep`. Files numbered above `epoch` (left by a longer run, perhaps damaged) are
+    not counted as newer and are not touched, so the checkpoint just written is never deleted."""
+    numbered = sorted(int(m.group(1)) for m in (re.fullmatch(r'model_(\d{5,})\.pt', name)
+                                                for name in os.listdir(run_dir)) if m)
+    for old in [n for n in numbered if n <= epoch][:-keep]:
+        try:
+            os.remove(os.path.join(run_dir, f'model_{old:05d}.pt'))
+        except OSError as err:
+            print(f'warning: --keep_checkpoints: cannot remove model_{old:05d}.pt ({err.strerror})', file=sys.stderr)
 
 
 def write_json(path, value):

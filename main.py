@@ -73,6 +73,9 @@ def parse_args(argv=None):
     d.add_argument('--is_eval', action='store_true', help='evaluate --load_model instead of training')
     d.add_argument('--resume', metavar='RUN', help='continue checkpoint/<run> from its last complete checkpoint '
                    '(same settings, data order, sampler and optimiser state; --n_epochs may extend it)')
+    d.add_argument('--keep_checkpoints', type=int, metavar='N', help='keep only the newest N checkpoints of the '
+                   'run (older ones are deleted after each epoch\'s checkpoint is written; also with --resume); '
+                   'default: all')
     d.add_argument('--load_model', help='checkpoint to evaluate')
     d.add_argument('--eval_cutoffs', type=int, nargs='+', default=list(DEFAULT_CUTOFFS))
     d.add_argument('--tie_mode', default='standard', choices=TIE_MODES)
@@ -129,6 +132,8 @@ def main(argv=None):
     for flag in ('eval_batch_size',):
         if getattr(args, flag) < 1:
             raise InputError(f'--{flag} must be >= 1, got {getattr(args, flag)}')
+    if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
+        raise InputError(f'--keep_checkpoints must be >= 1, got {args.keep_checkpoints}')
     if min(args.eval_cutoffs) < 1:
         raise InputError(f'--eval_cutoffs must all be >= 1, got {args.eval_cutoffs}')
     if args.deterministic:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoints import build_model, load_checkpoint, new_run_dir, save_checkpoint, write_curves, write_json
+from checkpoints import (build_model, load_checkpoint, new_run_dir, prune_checkpoints, remove_stale_temporaries,
+                         save_checkpoint, write_curves, write_json)
 from cli import InputError
 from config import DEFAULTS, data_path
 from dataset import SessionData, SessionParallelIterator
@@ -207,10 +208,21 @@ def train(args, config, device, resume=None):
                 line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
             history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
             path = os.path.join(run_dir, f'model_{epoch:05d}.pt')
-            save_checkpoint(path, model, dict(config, model=name), data.item_map, optimizer, sampler, epoch, loss,
-                            metrics, history, item_support=data.item_support())
-            last_good = path
-            write_curves(os.path.join(run_dir, 'curves.png'), history, f'{name} ({os.path.basename(run_dir)})')
+            try:
+                save_checkpoint(path, model, dict(config, model=name), data.item_map, optimizer, sampler, epoch,
+                                loss, metrics, history, item_support=data.item_support())
+                last_good = path
+                if getattr(args, 'keep_checkpoints', None):
+                    prune_checkpoints(run_dir, epoch, args.keep_checkpoints)
+                write_curves(os.path.join(run_dir, 'curves.png'), history, f'{name} ({os.path.basename(run_dir)})')
+            except InputError as err:       # the disk is full (write_atomically removed its temporary file)
+                if name != 'GRU4Rec':
+                    hint = 'make room and fit it again'
+                elif last_good:
+                    hint = f'make room, then continue with: python main.py --resume {run_dir}'
+                else:
+                    hint = 'no epoch was saved, so there is nothing to resume: make room and start again'
+                raise InputError(f'{err}; {hint}') from None
             print(line, flush=True)
     except KeyboardInterrupt:        # checkpoints are renamed into place whole, so the last one is intact
         print(f'\ninterrupted in epoch {epoch}. ' + (
@@ -279,6 +291,9 @@ def resume_run(args, device):
     if args.n_epochs is not None:
         config['n_epochs'] = args.n_epochs
         write_json(config_path, config)         # a later --resume of the extended run keeps its length
+    removed = remove_stale_temporaries(run_dir)     # left by a process killed in mid-write
+    if removed:
+        print(f'removed {len(removed)} temporary file(s) of an interrupted write: {", ".join(removed)}')
     checkpoints = sorted(f for f in os.listdir(run_dir) if f.startswith('model_') and f.endswith('.pt'))
     for name in reversed(checkpoints):          # the newest one that loads; a torn write never got its name
         try:

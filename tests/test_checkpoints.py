@@ -1,17 +1,24 @@
-"""Damaged and forged checkpoints (issue #32), and a learning rate beyond float32. Each condition is
-forced: bytes flipped in the file, a checkpoint rewritten with one field wrong, an --lr torch cannot hold."""
+"""Checkpoints against a full disk, damaged or forged files, stale temporary files and --keep_checkpoints;
+and a learning rate beyond float32 (issue #32). Each condition is forced: a file-size limit in the child
+process, bytes flipped in the file, a checkpoint rewritten with one field wrong, a process id that
+cannot be alive."""
+import glob
 import os
+import resource
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from checkpoints import load_checkpoint
 from cli import InputError
-from conftest import run_command, write_split
+from conftest import ROOT, run_command, write_split
 import main
 
 SMALL = ['--layers', '16', '--batch_size', '16', '--n_sample', '32', '--sample_store', '10000',
          '--dropout_hidden', '0.1']
+NEVER_ALIVE = 2 ** 22 + 1          # above Linux's largest pid_max (PID_MAX_LIMIT): no process has this id
 
 
 def train_file(tmp_path):
@@ -24,6 +31,67 @@ def trained(tmp_path, n_epochs=1, *flags):
     path, _ = main.main(['--train_data', train_file(tmp_path), '--checkpoint_dir', str(tmp_path / 'ck'), *SMALL,
                          '--n_epochs', str(n_epochs), *flags])
     return os.path.dirname(path), path
+
+
+def checkpoints_in(run):
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(run, 'model_*.pt')))
+
+
+# ---------------------------------------------------------------- a full disk
+
+def test_a_full_disk_while_saving_says_the_file_the_space_and_how_to_resume(tmp_path):
+    run, first = trained(tmp_path)
+    limit = os.path.getsize(first) // 2        # config.json fits below it, the next checkpoint does not
+
+    def small_files_only():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))     # python ignores SIGXFSZ: EFBIG
+
+    failed = subprocess.run([sys.executable, 'main.py', '--resume', run, '--n_epochs', '3'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, preexec_fn=small_files_only)
+    assert failed.returncode == 2 and 'Traceback' not in failed.stderr, failed.stderr
+    assert failed.stderr.count('\n') == 1 and failed.stderr.startswith('error: '), failed.stderr
+    assert os.path.join(run, 'model_00001.pt') in failed.stderr
+    assert 'free on that disk' in failed.stderr and 'the checkpoint takes' in failed.stderr
+    assert f'python main.py --resume {run}' in failed.stderr
+    assert checkpoints_in(run) == ['model_00000.pt'] and not glob.glob(os.path.join(run, '*.tmp-*'))
+    resumed = run_command('main.py', '--resume', run)           # room again: the run goes on
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoints_in(run) == ['model_00000.pt', 'model_00001.pt', 'model_00002.pt']
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed_on_resume(tmp_path):
+    run, _ = trained(tmp_path)
+    alive = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+    try:
+        stale = [os.path.join(run, f'model_00001.pt.tmp-{NEVER_ALIVE}'), os.path.join(run, f'curves.png.tmp-{NEVER_ALIVE}')]
+        kept = [os.path.join(run, f'model_00002.pt.tmp-{alive.pid}'), os.path.join(run, 'notes.tmp-old')]
+        for path in stale + kept:
+            with open(path, 'wb') as f:
+                f.write(b'half a checkpoint')
+        main.main(['--resume', run, '--n_epochs', '2'])
+        assert not any(os.path.exists(p) for p in stale)
+        assert all(os.path.exists(p) for p in kept)        # a live process's write, and not our name pattern
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_keep_checkpoints_keeps_the_newest_n_also_on_resume(tmp_path):
+    run, last = trained(tmp_path, 3, '--keep_checkpoints', '2')
+    assert checkpoints_in(run) == ['model_00001.pt', 'model_00002.pt']
+    main.main(['--resume', run, '--n_epochs', '5', '--keep_checkpoints', '1'])
+    assert checkpoints_in(run) == ['model_00004.pt']
+    main.main(['--resume', run, '--n_epochs', '6'])                   # without the flag: all are kept
+    assert checkpoints_in(run) == ['model_00004.pt', 'model_00005.pt']
+    # a damaged file numbered above the one just written never counts as newer than it
+    with open(os.path.join(run, 'model_00009.pt'), 'wb') as f:
+        f.write(b'torn')
+    os.remove(os.path.join(run, 'model_00005.pt'))
+    main.main(['--resume', run, '--n_epochs', '6', '--keep_checkpoints', '1'])
+    assert checkpoints_in(run) == ['model_00005.pt', 'model_00009.pt']
+    assert torch.load(os.path.join(run, 'model_00005.pt'), weights_only=True)['epoch'] == 5
+    with pytest.raises(InputError, match='--keep_checkpoints must be >= 1, got 0'):
+        main.main(['--resume', run, '--n_epochs', '7', '--keep_checkpoints', '0'])
 
 
 # ---------------------------------------------------------------- damaged and forged checkpoints
