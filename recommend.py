@@ -28,15 +28,26 @@ Conventions:
   empty list (still marked `.popular`);
 * `exclude` removes the given items before the cut (the list is shorter than k only when fewer than k
   items are left).
+
+The HTTP service (--serve, the standard library's http.server) answers in JSON, errors included (4xx with
+{"error": ...}, never a traceback), on kept-alive HTTP/1.1 connections, IPv4 or IPv6 (--host ::1). Its limits
+are flags (SERVICE_LIMITS, named in the start-up line): --workers threads answer, --queue connections wait
+for one and later ones get 503 at once; a request must arrive whole within --request_timeout seconds (408);
+bodies up to --max_body_bytes (413), session ids up to --max_id_bytes (400), --max_sessions sessions kept.
 """
 import collections
+import email.utils
 import http.server
+import io
 import json
 import os
 import signal
+import socket
+import socketserver
 import sys
 import threading
 import time
+from queue import SimpleQueue
 
 import numpy as np
 import torch
@@ -48,7 +59,9 @@ from dataset import ItemMap, SessionData, read_split
 from devices import pick_device
 from evaluation import SCORE_BLOCK
 
-MAX_REQUEST_BYTES = 64 * 1024
+# --serve's limits (flags of the same names): worker threads; connections waiting for one (beyond: 503);
+# seconds to send a whole request; bytes of a body; bytes of a session id (the cache holds --max_sessions)
+SERVICE_LIMITS = dict(workers=32, queue=256, request_timeout=10.0, max_body_bytes=64 * 1024, max_id_bytes=256)
 CHUNK_SESSIONS = 512          # sessions advanced together by recommend_batch and the batch command
 
 
@@ -129,7 +142,7 @@ class SessionRecommender:
         self._check_k(k)
         index = self.index.get(str(item_id))
         excluded = self._known(exclude)[0] if exclude else ()
-        with self.session_locks[hash(session_id) % len(self.session_locks)], torch.inference_mode():
+        with self._lock_of(session_id), torch.inference_mode():
             with self.lock:
                 state, n_known = self.sessions.pop(session_id, None) or (None, 0)
             if state is None:
@@ -145,9 +158,13 @@ class SessionRecommender:
         return Recommendations(pairs, [] if index is not None else [str(item_id)], popular=not n_known)
 
     def end(self, session_id):
-        """Forget a session's state; True if it was cached."""
-        with self.lock:
+        """Forget a session's state; True if it was cached. Under the session's lock, as click(): an end that
+        comes during a click of the session waits for it (else the click put back the state it took out)."""
+        with self._lock_of(session_id), self.lock:
             return self.sessions.pop(session_id, None) is not None
+
+    def _lock_of(self, session_id):
+        return self.session_locks[hash(session_id) % len(self.session_locks)]
 
     @property
     def n_sessions(self):
@@ -309,42 +326,54 @@ def recommend_file(recommender, input_path, output_path, k, every_click=False, e
 # ---------------------------------------------------------------- HTTP service
 
 class BadRequest(Exception):
-    def __init__(self, status, message):
+    def __init__(self, status, message, allow=None):
         super().__init__(message)
-        self.status = status
+        self.status, self.allow = status, allow
 
 
 def _field(body, name, kinds, what, default=None):
     value = body.get(name, default)
     if value is None or isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise BadRequest(400, f'"{name}" must be {what}, got {json.dumps(value)[:60]}')
+        shown = json.dumps(value)[:60] if not isinstance(value, (list, dict)) else type(value).__name__
+        raise BadRequest(400, f'"{name}" must be {what}, got {shown}')
     return value
 
 
 ID = (str, int)
 ID_WHAT = 'a string or an integer'
+ENDPOINTS = {'/recommend': 'POST', '/click': 'POST', '/end': 'POST', '/health': 'GET'}
 
 
-def handle(recommender, method, path, body):
-    """Answer one request: (status, JSON-able dict). `body` is the parsed JSON of a POST."""
+def _session_id(body, max_id_bytes):
+    """The request's session id as the cache's key (a string), at most max_id_bytes in UTF-8: the cache holds
+    max_sessions keys, so the key's length bounds its memory."""
+    session_id = str(_field(body, 'session_id', ID, ID_WHAT))
+    size = len(session_id.encode('utf-8', 'surrogatepass'))
+    if size > max_id_bytes:
+        raise BadRequest(400, f'"session_id" must be at most {max_id_bytes} bytes (UTF-8), got {size:,}')
+    return session_id
+
+
+def handle(recommender, method, path, body, default_k=20, max_id_bytes=SERVICE_LIMITS['max_id_bytes']):
+    """Answer one request: (status, JSON-able dict). `path` without its query string; `body` the parsed JSON
+    of a POST; `default_k` the k of a request that gives none."""
+    if path not in ENDPOINTS:
+        raise BadRequest(404, f'no such endpoint {path[:60]!r} (POST /recommend, /click, /end; GET /health)')
+    if method != ENDPOINTS[path]:
+        allowed = ENDPOINTS[path]
+        raise BadRequest(405, f'{path} takes {allowed}{" with a JSON body" if allowed == "POST" else ""}', allowed)
     if path == '/health':
-        if method != 'GET':
-            raise BadRequest(405, f'{path} takes GET')
         return 200, {'model': recommender.model_name, 'items': recommender.n_items, 'device': str(recommender.device),
-                     'sessions': recommender.n_sessions, 'max_sessions': recommender.max_sessions}
+                     'sessions': recommender.n_sessions, 'max_sessions': recommender.max_sessions, 'k': default_k}
     fields = {'/recommend': ('items', 'k', 'exclude_seen'), '/click': ('session_id', 'item_id', 'k'),
               '/end': ('session_id',)}
-    if path not in fields:
-        raise BadRequest(404, f'no such endpoint {path[:60]!r} (POST /recommend, /click, /end; GET /health)')
-    if method != 'POST':
-        raise BadRequest(405, f'{path} takes POST with a JSON body')
     if not isinstance(body, dict):
         raise BadRequest(400, 'the body must be a JSON object')
     extra = sorted(set(body) - set(fields[path]))
     if extra:
         raise BadRequest(400, f'unknown field(s) {", ".join(map(repr, extra))[:80]} for {path} '
                               f'(expected {", ".join(fields[path])})')
-    k = _field(body, 'k', (int,), f'an integer in 1..{recommender.n_items}', 20) if path != '/end' else None
+    k = _field(body, 'k', (int,), f'an integer in 1..{recommender.n_items}', default_k) if path != '/end' else None
     if k is not None and not 1 <= k <= recommender.n_items:
         raise BadRequest(400, f'"k" must be an integer in 1..{recommender.n_items}, got {k}')
     if path == '/recommend':
@@ -354,79 +383,261 @@ def handle(recommender, method, path, body):
         exclude_seen = _field(body, 'exclude_seen', (bool,), 'true or false', False)
         result = recommender.recommend(items, k, exclude=items if exclude_seen else None)
     elif path == '/click':
-        session_id = _field(body, 'session_id', ID, ID_WHAT)
-        item_id = _field(body, 'item_id', ID, ID_WHAT)
-        result = recommender.click(str(session_id), item_id, k)
+        session_id = _session_id(body, max_id_bytes)
+        result = recommender.click(session_id, _field(body, 'item_id', ID, ID_WHAT), k)
     else:
-        return 200, {'ended': recommender.end(str(_field(body, 'session_id', ID, ID_WHAT)))}
+        return 200, {'ended': recommender.end(_session_id(body, max_id_bytes))}
     return 200, {'items': [i for i, _ in result], 'scores': [s for _, s in result], 'unknown': result.unknown,
                  'popular': result.popular}
 
 
-def make_server(recommender, host='127.0.0.1', port=8000):
-    """A threaded HTTP server answering with `handle` (each request in its own thread)."""
+def http_answer(status, answer, close=False, allow=None, head_only=False):
+    """The bytes of one answer: status line, headers and the JSON body, to be sent in one write."""
+    data = json.dumps(answer).encode()
+    head = [f'HTTP/1.1 {int(status)} {http.server.BaseHTTPRequestHandler.responses.get(status, ("",))[0]}',
+            'Server: gru4rec-recommend', f'Date: {email.utils.formatdate(usegmt=True)}',
+            'Content-Type: application/json', f'Content-Length: {len(data)}']
+    head += [f'Allow: {allow}'] * bool(allow) + ['Retry-After: 1'] * (status == 503) + ['Connection: close'] * close
+    return ('\r\n'.join(head) + '\r\n\r\n').encode() + (b'' if head_only else data)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = 30                   # a client that stops sending mid-request is dropped, not waited for
-        server_version = 'gru4rec-recommend'
 
-        def do_GET(self):
-            self.answer('GET')
+def linger(sock, seconds=1.0):
+    """Close after an answer sent before the request was read whole: stop sending, then read and drop what
+    the client still sends (at most `seconds`), so that closing with unread bytes (a TCP reset) does not
+    destroy the answer before the client read it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
 
-        def do_POST(self):
-            self.answer('POST')
 
-        def answer(self, method):
+class DeadlineReader(io.RawIOBase):
+    """A connection's bytes for the handler's rfile, each recv given only the time left before `deadline`
+    (time.monotonic()): a request must arrive whole in time however slowly it trickles in (a socket timeout
+    alone is per recv: one byte every 20 s held a connection for as long as the client liked)."""
+
+    def __init__(self, sock):
+        self.sock, self.deadline, self.received, self.expired = sock, float('inf'), 0, False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError('the request deadline passed')
+            self.sock.settimeout(left)
+            n = self.sock.recv_into(buffer)
+        except TimeoutError:
+            self.expired = True
+            raise
+        self.received += n
+        return n
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One connection, in a worker thread: requests one after another (HTTP/1.1 keeps the connection open),
+    each answered by `handle` in JSON, errors of the standard library's parsing included. make_server sets
+    the class attributes `recommender`, `default_k`, `request_timeout`, `max_body_bytes`, `max_id_bytes`."""
+    protocol_version = 'HTTP/1.1'
+    disable_nagle_algorithm = True
+    recommender = default_k = request_timeout = max_body_bytes = max_id_bytes = None
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()
+        self.reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
+        self.answered = self.unread = False
+
+    def handle_one_request(self):
+        """One request, read whole within request_timeout from now; on a kept-alive connection the time runs
+        from the previous answer, so an idle connection is closed after it. 408 if part of it came in time."""
+        self.reader.deadline, self.reader.received = time.monotonic() + self.request_timeout, 0
+        self.answered, self.command = False, None
+        super().handle_one_request()
+        if self.reader.expired and not self.answered:
+            self.close_connection = True
+            if self.reader.received:
+                self.unread = True
+                self.reply(408, {'error': f'the request did not arrive whole within {self.request_timeout:g} s '
+                                          f'(--request_timeout)'})
+
+    def __getattr__(self, name):
+        if name.startswith('do_'):          # every method: JSON 405 (or 404) from handle(), not the stdlib's 501
+            return lambda: self.answer(self.command)
+        raise AttributeError(name)
+
+    def answer(self, method):
+        try:
+            body = self.read_body() if method == 'POST' else self.skip_body()
+            status, reply = handle(self.recommender, method, self.path.split('?', 1)[0], body, self.default_k,
+                                   self.max_id_bytes)
+        except BadRequest as err:
+            self.reply(err.status, {'error': str(err)}, allow=err.allow)
+        except OSError:                     # the client went away, or the deadline passed mid-body (408 above)
+            raise
+        except Exception as err:            # a bug must not take the server down; say so, keep serving
+            self.reply(500, {'error': f'internal error: {type(err).__name__}: {str(err)[:200]}'})
+        else:
+            self.reply(status, reply)
+
+    def reply(self, status, answer, allow=None):
+        if self.server.waiting.qsize():     # others wait for a worker: this connection makes room for them
+            self.close_connection = True
+        self.connection.settimeout(self.request_timeout)
+        self.wfile.write(http_answer(status, answer, self.close_connection, allow, head_only=self.command == 'HEAD'))
+        self.answered = True
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own refusals (a malformed request line, a line too long, too many headers)."""
+        self.close_connection = True
+        self.reply(code, {'error': message or self.responses.get(code, ('error',))[0]})
+
+    def skip_body(self):
+        """A request other than POST: a body it came with is not read, so the connection ends after the answer."""
+        if self.headers.get('Transfer-Encoding') or self.headers.get('Content-Length', '0').strip() != '0':
+            self.close_connection = self.unread = True
+
+    def read_body(self):
+        if self.headers.get('Transfer-Encoding'):
+            self.close_connection = self.unread = True
+            raise BadRequest(400, 'send the body with a Content-Length (no Transfer-Encoding)')
+        try:
+            length = int(self.headers.get('Content-Length'))
+            if length < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            self.close_connection = self.unread = True
+            raise BadRequest(400, 'a POST needs a Content-Length header (a number of bytes)') from None
+        if length > self.max_body_bytes:
+            self.close_connection = self.unread = True
+            raise BadRequest(413, f'request body of {length} bytes; at most {self.max_body_bytes} (--max_body_bytes)')
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise ConnectionAbortedError('the client closed the connection before its body ended')
+        try:
+            return json.loads(raw)
+        except RecursionError:
+            raise BadRequest(400, 'the JSON is nested too deeply') from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadRequest(400, f'malformed JSON: {str(err).splitlines()[0][:100]}') from None
+
+    def finish(self):
+        super().finish()
+        if self.unread and self.answered:
+            linger(self.connection)
+
+    def log_message(self, *args):          # quiet: one line per request would swamp the terminal
+        pass
+
+
+class Server(http.server.HTTPServer):
+    """`workers` threads answer the connections, which wait for one in a queue of at most `queue`; a connection
+    beyond workers + queue gets 503 at once from the accepting thread. The listen backlog (connections the
+    kernel holds until they are accepted; the standard library's 5 reset or delayed a burst of 200 by
+    seconds) is as long as the queue, at least 128. No thread per connection (as
+    ThreadingHTTPServer starts), so a crowd of slow clients holds at most the workers, each for at most
+    --request_timeout a request."""
+
+    def __init__(self, address, handler, workers, queue):
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0] if address[0] else \
+            socket.AF_INET
+        self.request_queue_size = max(queue, 128)
+        self.slots = threading.BoundedSemaphore(workers + queue)     # connections accepted, not yet finished
+        self.waiting = SimpleQueue()
+        self.lingering = collections.deque()                        # (until, socket) of turned-away connections
+        self.busy = http_answer(503, {'error': f'the server is busy ({workers} workers answering, {queue} '
+                                               f'connections waiting: --workers, --queue); try again'}, close=True)
+        super().__init__(address, handler)
+        self.workers = [threading.Thread(target=self.work, daemon=True) for _ in range(workers)]
+        for worker in self.workers:
+            worker.start()
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)          # not HTTPServer's, which looks up the host's name
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, sock, address):           # the accepting thread (serve_forever)
+        if self.slots.acquire(blocking=False):
+            self.waiting.put((sock, address))
+            return
+        try:                                            # 503 into the socket's empty send buffer, no waiting
+            sock.setblocking(False)
+            sock.send(self.busy)
+            sock.shutdown(socket.SHUT_WR)
+            self.lingering.append((time.monotonic() + 1.0, sock))
+        except OSError:
+            sock.close()
+
+    def service_actions(self):
+        """Between accepts: read and drop what turned-away clients still send (see linger), close each at its
+        end of file or a second after its answer."""
+        now, kept = time.monotonic(), collections.deque()
+        while self.lingering:
+            until, sock = self.lingering.popleft()
             try:
-                body = self.read_body() if method == 'POST' else None
-                status, reply = handle(recommender, method, self.path, body)
-            except BadRequest as err:
-                status, reply = err.status, {'error': str(err)}
-            except Exception as err:            # a bug must not take the server down; say so, keep serving
-                status, reply = 500, {'error': f'internal error: {type(err).__name__}: {str(err)[:200]}'}
-            data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header('Content-Type', 'application/json')
-            self.send_header('Content-Length', str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                done = any(not sock.recv(65536) for _ in range(4)) or now > until
+            except BlockingIOError:
+                done = now > until
+            except OSError:
+                done = True
+            if done or len(kept) > 4096:
+                sock.close()
+            else:
+                kept.append((until, sock))
+        self.lingering = kept
 
-        def read_body(self):
-            if self.headers.get('Transfer-Encoding'):
-                self.close_connection = True
-                raise BadRequest(400, 'send the body with a Content-Length (no Transfer-Encoding)')
+    def work(self):
+        while True:
+            sock, address = self.waiting.get()
+            if sock is None:
+                return
             try:
-                length = int(self.headers.get('Content-Length'))
-            except (TypeError, ValueError):
-                self.close_connection = True
-                raise BadRequest(400, 'a POST needs a Content-Length header') from None
-            if length > MAX_REQUEST_BYTES:
-                self.close_connection = True
-                remaining = min(length, 1 << 20)          # read (and drop) what a client is still sending, so
-                while remaining > 0:                      # it gets the answer rather than a reset connection
-                    got = self.rfile.read(min(remaining, 65536))
-                    if not got:
-                        break
-                    remaining -= len(got)
-                raise BadRequest(413, f'request body of {length} bytes; at most {MAX_REQUEST_BYTES}')
-            raw = self.rfile.read(length) if length > 0 else b''
-            try:
-                return json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as err:
-                raise BadRequest(400, f'malformed JSON: {str(err).splitlines()[0][:100]}') from None
+                self.finish_request(sock, address)
+            except OSError:                  # the client reset, closed or stalled: nothing for the log
+                pass
+            except Exception:
+                self.handle_error(sock, address)
+            finally:
+                self.shutdown_request(sock)
+                self.slots.release()
 
-        def log_message(self, *args):          # quiet: one line per request would swamp the terminal
-            pass
+    def handle_error(self, request, client_address):
+        """One line, not socketserver's traceback."""
+        err = sys.exc_info()[1]
+        print(f'error answering {client_address[0]}: {type(err).__name__}: {str(err)[:200]}', file=sys.stderr,
+              flush=True)
 
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    def server_close(self):
+        super().server_close()
+        for _ in self.workers:
+            self.waiting.put((None, None))
+        while self.lingering:
+            self.lingering.popleft()[1].close()
 
 
-def serve(recommender, host, port):
+def make_server(recommender, host='127.0.0.1', port=8000, default_k=None, **limits):
+    """The service's server (not yet serving: serve_forever), on an IPv4 or IPv6 address. `limits`: the keys
+    of SERVICE_LIMITS; `default_k`: the k of requests without one (default 20, at most the items)."""
+    limits = dict(SERVICE_LIMITS, **limits)
+    handler = type('Handler', (Handler,), dict(
+        recommender=recommender, default_k=default_k or min(20, recommender.n_items),
+        request_timeout=limits['request_timeout'], max_body_bytes=limits['max_body_bytes'],
+        max_id_bytes=limits['max_id_bytes']))
+    return Server((host, port), handler, limits['workers'], limits['queue'])
+
+
+def serve(recommender, host, port, default_k=None, **limits):
     """Serve until SIGINT or SIGTERM, then stop cleanly (exit status 0)."""
     try:
-        server = make_server(recommender, host, port)
+        server = make_server(recommender, host, port, default_k, **limits)
     except OSError as err:
         raise InputError(f'--host {host} --port {port}: cannot listen ({err.strerror or err})') from None
     stop = threading.Event()
@@ -435,8 +646,13 @@ def serve(recommender, host, port):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     host, port = server.server_address[:2]
+    limits = dict(SERVICE_LIMITS, **limits)
     print(f'serving {recommender.model_name} ({recommender.n_items:,} items, {recommender.device}) on '
-          f'http://{host}:{port} (POST /recommend /click /end, GET /health; Ctrl-C stops)', flush=True)
+          f'http://{f"[{host}]" if ":" in host else host}:{port} (POST /recommend /click /end, GET /health; '
+          f'k {server.RequestHandlerClass.default_k} where a request gives none; limits: --workers '
+          f'{limits["workers"]}, --queue {limits["queue"]}, --request_timeout {limits["request_timeout"]:g} s, '
+          f'--max_body_bytes {limits["max_body_bytes"]:,}, --max_id_bytes {limits["max_id_bytes"]}, '
+          f'--max_sessions {recommender.max_sessions:,}; Ctrl-C stops)', flush=True)
     while not stop.wait(0.5):
         pass
     server.shutdown()
@@ -452,7 +668,8 @@ def parse_args(argv=None):
     p.add_argument('--load_model', required=True, help='a checkpoint of main.py (checkpoint/<run>/model_XXXXX.pt)')
     p.add_argument('--input', help='split file (TAB: SessionId ItemId Time) whose sessions get recommendations')
     p.add_argument('--output', help='TAB file: SessionId Position ItemId Rank Score')
-    p.add_argument('--k', type=int, default=20, help='recommendations per session (or per click)')
+    p.add_argument('--k', type=int, help='recommendations per session (or per click; with --serve, for requests '
+                   'that give no k); default 20, or all the items of a model with fewer')
     p.add_argument('--every_click', action='store_true', help='the top-k after every click, not only the last')
     p.add_argument('--exclude_seen', action='store_true', help='leave out the items the session clicked so far')
     p.add_argument('--device', default='auto', help='auto (cuda when available), cpu, cuda, cuda:1, ...')
@@ -461,6 +678,17 @@ def parse_args(argv=None):
     p.add_argument('--host', default='127.0.0.1', help='--serve: the address to listen on')
     p.add_argument('--port', type=int, default=8000, help='--serve: the port (0: any free port)')
     p.add_argument('--max_sessions', type=int, default=10_000, help='--serve: live sessions kept (LRU)')
+    limit = SERVICE_LIMITS
+    p.add_argument('--workers', type=int, default=limit['workers'], help='--serve: threads answering requests')
+    p.add_argument('--queue', type=int, default=limit['queue'], help='--serve: connections that wait for a worker '
+                   '(and the listen backlog); beyond them a connection gets 503 at once')
+    p.add_argument('--request_timeout', type=float, default=limit['request_timeout'], help='--serve: seconds a '
+                   'client has to send a whole request (line, headers, body; on a kept-alive connection counted '
+                   'from the previous answer), else 408 and the connection closed')
+    p.add_argument('--max_body_bytes', type=int, default=limit['max_body_bytes'], help='--serve: the largest '
+                   'request body (413 beyond)')
+    p.add_argument('--max_id_bytes', type=int, default=limit['max_id_bytes'], help='--serve: the longest '
+                   'session id in UTF-8 bytes (400 beyond; the cache keeps --max_sessions ids)')
     p.add_argument('--threads', type=int, help='torch threads per computation (default: 1 with --serve, where '
                    'requests run in parallel threads; torch\'s default, all cores, for the batch command)')
     return p.parse_args(argv)
@@ -478,21 +706,29 @@ def main(argv=None):
         raise InputError(f'--port must be in 0..65535, got {args.port}')
     if args.threads is not None and args.threads < 1:
         raise InputError(f'--threads must be >= 1, got {args.threads}')
+    for flag in ('workers', 'queue', 'max_body_bytes', 'max_id_bytes'):
+        if getattr(args, flag) < 1:
+            raise InputError(f'--{flag} must be >= 1, got {getattr(args, flag)}')
+    if not 0 < args.request_timeout < float('inf'):
+        raise InputError(f'--request_timeout must be a positive number of seconds, got {args.request_timeout}')
     if args.threads or args.serve:       # one click's small operations only lose by waiting for a second thread
         torch.set_num_threads(args.threads or 1)
     device = pick_device(args.device)
     recommender = SessionRecommender.load(args.load_model, device, args.max_sessions, args.train_data)
-    if not 1 <= args.k <= recommender.n_items:
-        raise InputError(f'--k must be in 1..{recommender.n_items} (the model\'s items), got {args.k}')
+    k = min(20, recommender.n_items) if args.k is None else args.k
+    if not 1 <= k <= recommender.n_items:
+        raise InputError(f'--k must be in 1..{recommender.n_items} (the model\'s items), got {k}')
     if recommender.popular_order is None:
         print(f'note: {args.load_model} holds no training support (saved by older code): sessions with no '
               f'known item get no recommendations (pass --train_data FILE)', file=sys.stderr)
     if args.serve:
-        return serve(recommender, args.host, args.port)
+        return serve(recommender, args.host, args.port, k, workers=args.workers, queue=args.queue,
+                     request_timeout=args.request_timeout, max_body_bytes=args.max_body_bytes,
+                     max_id_bytes=args.max_id_bytes)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise InputError(f'--output {args.output}: the same file as --input')
     start = time.perf_counter()
-    counts = recommend_file(recommender, args.input, args.output, args.k, args.every_click, args.exclude_seen)
+    counts = recommend_file(recommender, args.input, args.output, k, args.every_click, args.exclude_seen)
     seconds = time.perf_counter() - start
     print(f'{args.output}: {counts["rows"]:,} rows for {counts["sessions"]:,} sessions ({counts["clicks"]:,} '
           f'clicks, {counts["unknown_clicks"]:,} on unknown items skipped; {counts["popular_rows"]:,} '
