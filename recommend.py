@@ -391,13 +391,15 @@ def handle(recommender, method, path, body, default_k=20, max_id_bytes=SERVICE_L
                  'popular': result.popular}
 
 
-def http_answer(status, answer, close=False, allow=None, head_only=False):
-    """The bytes of one answer: status line, headers and the JSON body, to be sent in one write."""
+def http_answer(status, answer, connection=None, allow=None, head_only=False):
+    """The bytes of one answer: status line, headers and the JSON body, to be sent in one write. `connection`:
+    the Connection header (close, keep-alive for an HTTP/1.0 client that asked, or none)."""
     data = json.dumps(answer).encode()
     head = [f'HTTP/1.1 {int(status)} {http.server.BaseHTTPRequestHandler.responses.get(status, ("",))[0]}',
             'Server: gru4rec-recommend', f'Date: {email.utils.formatdate(usegmt=True)}',
             'Content-Type: application/json', f'Content-Length: {len(data)}']
-    head += [f'Allow: {allow}'] * bool(allow) + ['Retry-After: 1'] * (status == 503) + ['Connection: close'] * close
+    head += [f'Allow: {allow}'] * bool(allow) + ['Retry-After: 1'] * (status == 503)
+    head += [f'Connection: {connection}'] * bool(connection)
     return ('\r\n'.join(head) + '\r\n\r\n').encode() + (b'' if head_only else data)
 
 
@@ -422,12 +424,20 @@ class DeadlineReader(io.RawIOBase):
     alone is per recv: one byte every 20 s held a connection for as long as the client liked)."""
 
     def __init__(self, sock):
-        self.sock, self.deadline, self.received, self.expired = sock, float('inf'), 0, False
+        self.sock, self.deadline, self.received, self.expired, self.poll = sock, float('inf'), 0, False, False
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
+        if self.poll:                                   # what has come already, without waiting (None: nothing)
+            self.sock.settimeout(0.0)
+            try:
+                n = self.sock.recv_into(buffer)
+            except BlockingIOError:
+                return None
+            self.received += n
+            return n
         left = self.deadline - time.monotonic()
         try:
             if left <= 0:
@@ -456,10 +466,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self.reader)
         self.answered = self.unread = False
 
+    def handle(self):
+        """The connection's requests, each to be read whole within request_timeout of the connection's start or
+        of the previous answer (so an idle connection is closed after it, and sooner when others wait)."""
+        self.close_connection = False
+        while not self.close_connection:
+            self.reader.deadline, self.reader.received = time.monotonic() + self.request_timeout, 0
+            if self.answered and not self.next_request_comes():
+                break
+            self.handle_one_request()
+
+    def next_request_comes(self):
+        """Wait for a kept-alive connection's next request: False at the deadline, or at once when connections
+        wait for a worker and this one sent nothing yet."""
+        self.reader.poll = True
+        try:
+            if self.rfile.peek(1):                      # buffered, or already in the socket
+                return True
+        finally:
+            self.reader.poll = False
+        while (left := self.reader.deadline - time.monotonic()) > 0:
+            self.connection.settimeout(min(left, 0.1))
+            try:
+                self.connection.recv(1, socket.MSG_PEEK)        # returns once a byte (or the end) is there
+                return True
+            except TimeoutError:
+                if self.server.waiting.qsize():
+                    return False
+        return False
+
     def handle_one_request(self):
-        """One request, read whole within request_timeout from now; on a kept-alive connection the time runs
-        from the previous answer, so an idle connection is closed after it. 408 if part of it came in time."""
-        self.reader.deadline, self.reader.received = time.monotonic() + self.request_timeout, 0
+        """One request; 408 if part of it came before the deadline and the rest did not."""
         self.answered, self.command = False, None
         super().handle_one_request()
         if self.reader.expired and not self.answered:
@@ -491,8 +528,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def reply(self, status, answer, allow=None):
         if self.server.waiting.qsize():     # others wait for a worker: this connection makes room for them
             self.close_connection = True
+        connection = 'close' if self.close_connection else 'keep-alive' if self.request_version == 'HTTP/1.0' else None
         self.connection.settimeout(self.request_timeout)
-        self.wfile.write(http_answer(status, answer, self.close_connection, allow, head_only=self.command == 'HEAD'))
+        self.wfile.write(http_answer(status, answer, connection, allow, head_only=self.command == 'HEAD'))
         self.answered = True
 
     def send_error(self, code, message=None, explain=None):
@@ -554,7 +592,7 @@ class Server(http.server.HTTPServer):
         self.waiting = SimpleQueue()
         self.lingering = collections.deque()                        # (until, socket) of turned-away connections
         self.busy = http_answer(503, {'error': f'the server is busy ({workers} workers answering, {queue} '
-                                               f'connections waiting: --workers, --queue); try again'}, close=True)
+                                               f'connections waiting: --workers, --queue); try again'}, 'close')
         super().__init__(address, handler)
         self.workers = [threading.Thread(target=self.work, daemon=True) for _ in range(workers)]
         for worker in self.workers:
@@ -588,7 +626,7 @@ class Server(http.server.HTTPServer):
                 done = now > until
             except OSError:
                 done = True
-            if done or len(kept) > 4096:
+            if done or len(kept) >= 512:          # at most 512 file descriptors kept for them
                 sock.close()
             else:
                 kept.append((until, sock))

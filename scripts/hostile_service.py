@@ -365,7 +365,8 @@ def main(argv=None):
     p.add_argument('--n_items', type=int, default=37_500, help='items of the synthetic checkpoint')
     p.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES))
     p.add_argument('--quick', action='store_true', help='2,000 long-id clicks instead of 11,000')
-    p.add_argument('--no_throughput', action='store_true')
+    p.add_argument('--race_trials', type=int, default=200, help='/click against /end trials of the race case')
+    p.add_argument('--no_throughput', action='store_true', help='skip the throughput line')
     args = p.parse_args(argv)
     rows, servers = [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -383,7 +384,7 @@ def main(argv=None):
                 if case == 'burst':
                     rows += case_burst(address, ids)
                 elif case == 'race':
-                    rows += case_race(address, ids)
+                    rows += case_race(address, ids, args.race_trials)
                 elif case == 'resets':
                     rows += case_resets(process, address, ids)
                 elif case == 'drip':

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import recommend
+from conftest import run_command
 from recommend import SessionRecommender
 from scripts.bench_recommend import make_checkpoint, synthetic_sessions
 from scripts.hostile_service import (drip, errors_of, post_head, proc_status, raw_connection, read_answer, request,
@@ -269,6 +270,32 @@ def test_connections_are_kept_alive(server, models):
     connection.close()
 
 
+def test_an_idle_kept_alive_connection_makes_room(models):
+    """One worker, held by a kept-alive connection that sends nothing more: a request that comes is answered
+    at once (the idle connection is closed for it), not after the 10 s --request_timeout."""
+    with served(models['sixty'], '--workers', '1', '--queue', '4') as (_, address):
+        idle = http.client.HTTPConnection(*address, timeout=30)
+        assert request(address, 'GET', '/health', connection=idle)[0] == 200
+        start = time.monotonic()
+        assert request(address, 'GET', '/health')[0] == 200 and time.monotonic() - start < 3
+        assert select.select([idle.sock], [], [], 5)[0] and idle.sock.recv(10) == b''     # closed by the server
+        idle.close()
+
+
+def test_http_1_0_keep_alive(server):
+    """An HTTP/1.0 client keeps its connection only when it asks and the answer says so."""
+    _, address = server
+    sock = raw_connection(address)
+    for _ in range(2):
+        sock.sendall(b'GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n')
+        head = sock.recv(65536).partition(b'\r\n\r\n')[0].lower()
+        assert head.startswith(b'http/1.1 200') and b'connection: keep-alive' in head
+    sock.close()
+    sock = raw_connection(address, b'GET /health HTTP/1.0\r\n\r\n')
+    assert read_answer(sock)[0] == 200 and sock.recv(10) == b''
+    sock.close()
+
+
 def test_limits_in_the_start_line_and_help(serial, capsys):
     line = serial[0].start_line
     for words in ('--workers 1', '--queue 64', '--request_timeout 10', '--max_body_bytes 65,536',
@@ -279,3 +306,12 @@ def test_limits_in_the_start_line_and_help(serial, capsys):
     help_text = capsys.readouterr().out
     for flag in ('--workers', '--queue', '--request_timeout', '--max_body_bytes', '--max_id_bytes', '--max_sessions'):
         assert flag in help_text
+
+
+def test_the_hostile_script_runs(tmp_path):
+    """scripts/hostile_service.py itself, on a small model and its cheap cases."""
+    result = run_command('scripts/hostile_service.py', '--n_items', '60', '--cases', 'deep', 'methods', 'race',
+                         '--race_trials', '20', '--no_throughput')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '| deep |' in result.stdout and '| methods | PUT /recommend | 405' in result.stdout
+    assert 'FAIL' not in result.stdout
