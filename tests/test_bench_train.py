@@ -195,7 +195,16 @@ def test_roofline_is_the_batch_over_the_timed_products():
     assert seconds == pytest.approx(expected) and events == pytest.approx(2 / expected) and flops == 756
 
 
-def test_gemm_seconds_times_one_product_of_that_layout(monkeypatch):
+@pytest.fixture
+def one_thread():
+    """One thread, so that the large product cannot shrink to the small one's call overhead on many cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gemm_seconds_times_one_product_of_that_layout(monkeypatch, one_thread):
     seen = []
     mm = torch.mm
     monkeypatch.setattr(torch, 'mm', lambda a, b, out: seen.append(
@@ -206,8 +215,8 @@ def test_gemm_seconds_times_one_product_of_that_layout(monkeypatch):
     bench_train.gemm_seconds(6, 5, 4, False, True, repeats=2, min_seconds=0.001)
     assert set(seen) == {((6, 5), (5, 4), True, False, (6, 4))}
     monkeypatch.setattr(torch, 'mm', mm)
-    large = bench_train.gemm_seconds(256, 256, 256, False, False, repeats=2, min_seconds=0.001)
-    assert 0 < small < large / 20         # per call: 33.6 MFLOP against 240 FLOP
+    large = bench_train.gemm_seconds(512, 512, 512, False, False, repeats=2, min_seconds=0.001)
+    assert 0 < small < large / 20         # per call on one thread: 268 MFLOP (1 ms or more) against 240 FLOP
 
 
 def test_rows_are_the_official_paramfiles_and_are_picked_in_table_order():

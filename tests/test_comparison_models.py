@@ -110,7 +110,9 @@ def test_short_training_beats_popularity(tmp_path):
     pop = Pop(len(train.item_map))
     list(pop.fit(train))
     floor = evaluate(pop, test)['Recall@20']
-    schedules = {'NARM': (3, 64), 'STAMP': (5, 64), 'SASRec': (3, 128), 'GRU4RecPlus': (3, 64)}   # (epochs, batch)
+    # (epochs, batch). NARM at 3 epochs gained 0.105-0.197 over seeds, thread counts and CPU kernels (issue #32:
+    # as little as 0.005 above the margin); at 5 epochs 0.152-0.197
+    schedules = {'NARM': (5, 64), 'STAMP': (5, 64), 'SASRec': (3, 128), 'GRU4RecPlus': (3, 64)}
     for name, (epochs, batch_size) in schedules.items():     # popularity alone: R@20 0.37 on this split
         model = COMPARISON_MODELS[name](len(train.item_map), lr=0.01, n_epochs=epochs, batch_size=batch_size,
                                         max_seq_length=10)

@@ -37,8 +37,11 @@ def test_our_variants_over_seeds(tmp_path, capsys, threads_kept):
     runs = json.loads(out.read_text())['runs']
     assert [(r['code'], r['seed']) for r in runs] == [('ours: default', 1), ('ours: default', 2),
                                                       ('ours: all', 1), ('ours: all', 2)]
-    assert runs[0]['recall'] != runs[1]['recall']               # the seed reaches the run
-    assert runs[0]['recall'] != runs[2]['recall']               # and so do the quirks (other dropout draws)
+    # (Recall, MRR), not Recall alone: Recall is a hit count of 188 predictions, equal at two seeds in 5 of 66
+    # pairs (issue #32); MRR sums reciprocal ranks and practically never ties
+    scores = [(r['recall'], r['mrr']) for r in runs]
+    assert scores[0] != scores[1]                               # the seed reaches the run
+    assert scores[0] != scores[2]                               # and so do the quirks (other dropout draws)
     assert runs[0]['metrics']['Recall@20'] == runs[0]['recall']
 
 

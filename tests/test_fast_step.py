@@ -68,14 +68,16 @@ def assert_same_training(fast, plain, exact, rtol=0.0, atol=0.0):
 @pytest.mark.parametrize('case', list(CASES))
 def test_fast_and_plain_steps_are_bit_identical(train_data, case):
     fast_calls, plain_calls = [], []
-    fast_losses, fast, fast_opt = two_epochs(train_data, CASES[case], True, fast_calls)
-    plain_losses, plain, plain_opt = two_epochs(train_data, CASES[case], False, plain_calls)
-    assert set(fast_calls) == {'train_step'} and set(plain_calls) == {'forward'}
-    assert len(fast_calls) == len(plain_calls) > 300
     exact = case not in ROUNDED
+    # equal to rounding only: compared after 50 steps of one epoch, not 600 (training amplifies rounding
+    # differences chaotically: after two epochs they reached 84% of a 5e-4 tolerance on some CPU kernels)
+    epochs, steps = (2, None) if exact else (1, 50)
+    fast_losses, fast, fast_opt = two_epochs(train_data, CASES[case], True, fast_calls, epochs, steps)
+    plain_losses, plain, plain_opt = two_epochs(train_data, CASES[case], False, plain_calls, epochs, steps)
+    assert set(fast_calls) == {'train_step'} and set(plain_calls) == {'forward'}
+    assert len(fast_calls) == len(plain_calls) > (300 if exact else 49)
     assert fast_losses == plain_losses if exact else fast_losses == pytest.approx(plain_losses, rel=1e-5)
-    # rounding differences grow over 600 steps (Adagrad divides by small early accumulators) to ~1e-4
-    assert_same_training((fast, fast_opt), (plain, plain_opt), exact, rtol=1e-3, atol=5e-4)
+    assert_same_training((fast, fast_opt), (plain, plain_opt), exact, rtol=1e-4, atol=1e-5)
     assert not torch.equal(fast.Wy, build_model({**DEFAULTS, **CASES[case]}, len(train_data.item_map),
                                                      'cpu').Wy)        # it did train
 
