@@ -578,11 +578,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(http.server.HTTPServer):
     """`workers` threads answer the connections, which wait for one in a queue of at most `queue`; a connection
-    beyond workers + queue gets 503 at once from the accepting thread. The listen backlog (connections the
-    kernel holds until they are accepted; the standard library's 5 reset or delayed a burst of 200 by
-    seconds) is as long as the queue, at least 128. No thread per connection (as
+    beyond workers + queue gets 503 at once from the accepting thread. No thread per connection (as
     ThreadingHTTPServer starts), so a crowd of slow clients holds at most the workers, each for at most
-    --request_timeout a request."""
+    --request_timeout a request. The listen backlog (connections the kernel holds until they are accepted;
+    the standard library's 5 reset or delayed a burst of 200 by seconds) is the queue's length, at least 128."""
 
     def __init__(self, address, handler, workers, queue):
         self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0] if address[0] else \
@@ -715,18 +714,21 @@ def parse_args(argv=None):
     p.add_argument('--serve', action='store_true', help='answer HTTP requests instead of reading --input')
     p.add_argument('--host', default='127.0.0.1', help='--serve: the address to listen on')
     p.add_argument('--port', type=int, default=8000, help='--serve: the port (0: any free port)')
-    p.add_argument('--max_sessions', type=int, default=10_000, help='--serve: live sessions kept (LRU)')
+    p.add_argument('--max_sessions', type=int, default=10_000,
+                   help='--serve: live sessions kept (LRU; default %(default)s)')
     limit = SERVICE_LIMITS
-    p.add_argument('--workers', type=int, default=limit['workers'], help='--serve: threads answering requests')
+    p.add_argument('--workers', type=int, default=limit['workers'],
+                   help='--serve: threads answering requests (default %(default)s)')
     p.add_argument('--queue', type=int, default=limit['queue'], help='--serve: connections that wait for a worker '
-                   '(and the listen backlog); beyond them a connection gets 503 at once')
+                   '(and the listen backlog); beyond them a connection gets 503 at once (default %(default)s)')
     p.add_argument('--request_timeout', type=float, default=limit['request_timeout'], help='--serve: seconds a '
                    'client has to send a whole request (line, headers, body; on a kept-alive connection counted '
-                   'from the previous answer), else 408 and the connection closed')
+                   'from the previous answer), else 408 and the connection closed (default %(default)s)')
     p.add_argument('--max_body_bytes', type=int, default=limit['max_body_bytes'], help='--serve: the largest '
-                   'request body (413 beyond)')
+                   'request body (413 beyond; default %(default)s)')
     p.add_argument('--max_id_bytes', type=int, default=limit['max_id_bytes'], help='--serve: the longest '
-                   'session id in UTF-8 bytes (400 beyond; the cache keeps --max_sessions ids)')
+                   'session id in UTF-8 bytes (400 beyond; the cache keeps --max_sessions ids; default '
+                   '%(default)s)')
     p.add_argument('--threads', type=int, help='torch threads per computation (default: 1 with --serve, where '
                    'requests run in parallel threads; torch\'s default, all cores, for the batch command)')
     return p.parse_args(argv)

@@ -175,7 +175,8 @@ def drip(sock, data, interval, max_seconds):
 
 
 def post_head(path, length):
-    return f'POST {path} HTTP/1.1\r\nHost: hostile\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n'.encode()
+    return (f'POST {path} HTTP/1.1\r\nHost: hostile\r\nContent-Type: application/json\r\n'
+            f'Content-Length: {length}\r\n\r\n').encode()
 
 
 def in_threads(n, target):
