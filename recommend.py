@@ -751,13 +751,13 @@ def main(argv=None):
             raise InputError(f'--{flag} must be >= 1, got {getattr(args, flag)}')
     if not 0 < args.request_timeout < float('inf'):
         raise InputError(f'--request_timeout must be a positive number of seconds, got {args.request_timeout}')
-    if args.threads or args.serve:       # one click's small operations only lose by waiting for a second thread
-        torch.set_num_threads(args.threads or 1)
     device = pick_device(args.device)
     recommender = SessionRecommender.load(args.load_model, device, args.max_sessions, args.train_data)
     k = min(20, recommender.n_items) if args.k is None else args.k
     if not 1 <= k <= recommender.n_items:
         raise InputError(f'--k must be in 1..{recommender.n_items} (the model\'s items), got {k}')
+    if args.threads or args.serve:       # one click's small operations only lose by waiting for a second thread
+        torch.set_num_threads(args.threads or 1)     # (after the checks: a refused command changes nothing)
     if recommender.popular_order is None:
         print(f'note: {args.load_model} holds no training support (saved by older code): sessions with no '
               f'known item get no recommendations (pass --train_data FILE)', file=sys.stderr)
