@@ -11,6 +11,17 @@ SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'yoochoose-clicks-sample.dat
 needs_sample = pytest.mark.skipif(not os.path.isfile(SAMPLE), reason='../shared/data sample not present')
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after: small matrices run several times faster on one thread
+    of a shared 2-core machine, and a timing compared across sizes must not depend on the core count."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_command(*args, cwd=ROOT):
     """Run one of the project's commands as a user would; returns CompletedProcess (text)."""
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)

@@ -195,15 +195,6 @@ def test_roofline_is_the_batch_over_the_timed_products():
     assert seconds == pytest.approx(expected) and events == pytest.approx(2 / expected) and flops == 756
 
 
-@pytest.fixture
-def one_thread():
-    """One thread, so that the large product cannot shrink to the small one's call overhead on many cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_gemm_seconds_times_one_product_of_that_layout(monkeypatch, one_thread):
     seen = []
     mm = torch.mm

@@ -45,15 +45,6 @@ def split(tmp_path_factory):
     return train, test, evaluate(pop, test, cutoffs=(20,))
 
 
-@pytest.fixture
-def one_thread():
-    """Small matrices: one thread is several times faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize('case', list(CASES))
 def test_two_epochs_beat_popularity(split, one_thread, case):
     train, test, pop = split
