@@ -308,27 +308,15 @@ class GRU4Rec(nn.Module):
             w = self.Wy.index_select(0, rows)
         bias_rows, bias_columns = self._bias_rows(rows, columns)
         bias = self.By.index_select(0, bias_rows).index_select(0, bias_columns)
-        noise_in = dropout_noise(x, self.dropout_p_embed, self.bernoulli_dropout)
-        x = x if noise_in is None else x * noise_in
-        saved, new = [], []
-        for cell, h in zip(self.cells, hidden):
-            out, gates = gru_cell(cell, x, h)
-            noise = dropout_noise(out, self.dropout_p_hidden, self.bernoulli_dropout)
-            saved.append((cell, x, h, gates, noise))
-            x = out if noise is None else out * noise
-            new.append(x)
-        top = x
+        new, saved = self.stack_forward(x, hidden)
+        top = new[-1]
         columns = columns.expand(M, -1)
         scores = F.linear(top, w).gather(1, columns) + bias
         loss, grad_scores = loss.value_and_grad(scores if correction is None else scores - correction)
         grad_bias = grad_scores.new_zeros(len(bias_rows)).index_add_(0, bias_columns, grad_scores.sum(0))
         grad_scores = grad_scores.new_zeros(M, len(rows)).scatter_add_(1, columns, grad_scores)
         grad_w = grad_scores.T @ top
-        grad = grad_scores @ w
-        for cell, x, h, gates, noise in reversed(saved):
-            grad = gru_cell_backward(cell, x, h, gates, grad if noise is None else grad * noise)
-        if noise_in is not None:
-            grad = grad * noise_in
+        grad = self.stack_backward(saved, grad_scores @ w)
         if self.mode == 'shared':     # the input rows' part, summed per item, joins the scores' part
             grad_x = grad.new_zeros(len(rows), grad.shape[1]).index_add_(0, inverse[:M], grad)
             self.Wy.grad = _row_sparse(rows, grad_w + grad_x, self.Wy.shape)
@@ -338,6 +326,30 @@ class GRU4Rec(nn.Module):
             self.Wy.grad = _row_sparse(rows, grad_w, self.Wy.shape)
         self.By.grad = _row_sparse(bias_rows, grad_bias, self.By.shape)
         return loss, new
+
+    def stack_forward(self, x, hidden):
+        """The training step's GRU stack from the looked-up input vectors x (M, width): input dropout, every
+        layer and its output dropout (spec B3.2, B4), as hidden_step; returns (new hidden list, what
+        stack_backward needs). The dropout masks are drawn in the order hidden_step draws them."""
+        noise_in = dropout_noise(x, self.dropout_p_embed, self.bernoulli_dropout)
+        x = x if noise_in is None else x * noise_in
+        saved, new = [], []
+        for cell, h in zip(self.cells, hidden):
+            out, gates = gru_cell(cell, x, h)
+            noise = dropout_noise(out, self.dropout_p_hidden, self.bernoulli_dropout)
+            saved.append((cell, x, h, gates, noise))
+            x = out if noise is None else out * noise
+            new.append(x)
+        return new, (saved, noise_in)
+
+    @staticmethod
+    def stack_backward(saved, grad):
+        """The gradient of the input vectors x of stack_forward for the gradient `grad` of its top output;
+        sets every cell's weight and bias .grad (gru_cell_backward)."""
+        layers, noise_in = saved
+        for cell, x, h, gates, noise in reversed(layers):
+            grad = gru_cell_backward(cell, x, h, gates, grad if noise is None else grad * noise)
+        return grad if noise_in is None else grad * noise_in
 
     def score_all(self, h):
         """Scores of all N items for top-layer states h (M, L): (M, N), spec B3.2 / C4."""

@@ -1,0 +1,143 @@
+"""The static training step of GRU4Rec (issue #31): one step of gather -> GRU -> scores -> loss -> gradients
+-> row updates in which every tensor's shape is fixed by the run's settings (B slots, n_sample, layers) and
+nothing waits for the device, so that it can be compiled whole (torch.compile, fullgraph) or captured as a
+CUDA graph.
+
+It computes the step of `GRU4Rec.train_step` followed by `AdagradM.update` (spec B3-B9) with the data
+dependence taken out:
+
+* the distinct item rows of a step (today `unique_rows`: `nonzero`, a row count U that sizes the score
+  product and the sparse gradients) become K fixed *segments*, K = the number of ids the step reads
+  (inputs and candidates): the ids are sorted, equal ids form one segment, segment k holds the k-th
+  smallest distinct id and the slots past the last distinct id hold row 0 and a zero gradient. Scores,
+  gradients and the AdagradM row rule are computed per segment, as today per distinct row;
+* the row updates are written back through the sorted ids, each duplicate writing its segment's new
+  values: every write lands on a row the step touched, duplicates write equal values, so the order of the
+  writes cannot matter and no padding row is needed. In the shared mode an item that is only an input
+  gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity;
+* session starts are a mask (all false when none starts), the optimiser state exists before the first step,
+  the loss stays on the device.
+
+The same numbers: segments past U add zero columns to the products; the only operation whose summation
+order can change is the gradient of the top hidden state, (M x K) @ (K x L) instead of (M x U) @ (U x L)
+(extra zero terms can move a matrix kernel's blocking), a difference within float rounding
+(tests/test_static_step.py). The epoch's tail, where slots run out and the batch shrinks (spec B2), stays
+on the eager step: its shapes change every few steps.
+
+Covered: the shared and separate-embedding modes (the one-hot mode keeps the eager step), AdagradM with
+and without momentum; the losses with an explicit gradient (cross-entropy, BPR-max with ELU or linear
+activation) and the others through autograd on the scores (eager; whether they compile whole is not yet
+checked).
+
+Status (issue #31, open): not yet used by the training loop. Measured on 2 CPU cores
+(scripts/bench_static_step.py, RSC15 setting, 37,500 items, B 32, 2048 samples: 1,953 distinct rows of the
+2,112 a step reads): eager 0.81-0.83x the fast step (K rows instead of U in the products and updates);
+under torch.compile(fullgraph=True) it compiles whole and runs 1.15x (1 thread) / 1.16x (2 threads) the
+fast step; a profile puts 2.3 of its 3.2 ms (1 thread) in Inductor's own kernels (the gathers, scatters and
+row updates) and 0.55 ms in the matrix products. Compiled and eager agree to float rounding after one
+step (1.1e-6 relative at most, with torch._inductor.config.fallback_random for the same dropout draws); over many
+steps no two roundings stay close: training amplifies a 1e-7 relative change of W_y to 0.26 after 30
+steps (the eager step perturbed by hand does the same), so equality across modes is to be checked one
+step from a common state, not after 200 steps.
+"""
+import torch
+import torch.nn.functional as F
+
+from optimizer import AdagradM
+
+
+def segments(ids):
+    """Fixed-size distinct rows of `ids` (K,): (sorted ids, each sorted id's segment, each id's segment,
+    the segment rows (K,: the k-th smallest distinct id, row 0 past the last), the mask of used segments).
+    The static form of `model.unique_rows`: no count is read, nothing waits for the device."""
+    sorted_ids, order = torch.sort(ids, stable=True)
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    sorted_segment = first.cumsum(0) - 1
+    segment = torch.empty_like(sorted_segment).scatter_(0, order, sorted_segment)
+    rows = torch.zeros_like(ids).scatter_(0, sorted_segment, sorted_ids)      # equal values per target
+    used = torch.arange(len(ids), device=ids.device) <= sorted_segment[-1]
+    return sorted_ids, sorted_segment, segment, rows, used
+
+
+def row_update(table, state, rows, grad, sorted_ids, sorted_segment, lr, mu, eps, touched=None):
+    """AdagradM's row rule (spec B9, `AdagradM._sparse_step`) for the segment rows `rows` with their
+    gradients `grad`, written back through the sorted ids (one write per id, equal values for equal ids).
+    `touched`: mask of the segments the gradient names; the others keep their values (b_y of input-only
+    items in the shared mode)."""
+    acc = state['acc'].index_select(0, rows)
+    velocity = state['velocity'].index_select(0, rows) if mu > 0 else None
+    new_acc = acc.clone()
+    new_velocity = None if velocity is None else velocity.clone()
+    step = AdagradM._rule(new_acc, new_velocity, grad, lr, mu, eps)
+    new = table.index_select(0, rows) + step
+    if touched is not None:
+        mask = touched.view(-1, *([1] * (grad.dim() - 1)))
+        new_acc = torch.where(mask, new_acc, acc)
+        new = torch.where(mask, new, table.index_select(0, rows))
+        if mu > 0:
+            new_velocity = torch.where(mask, new_velocity, velocity)
+    state['acc'].index_copy_(0, sorted_ids, new_acc.index_select(0, sorted_segment))
+    if mu > 0:
+        state['velocity'].index_copy_(0, sorted_ids, new_velocity.index_select(0, sorted_segment))
+    table.index_copy_(0, sorted_ids, new.index_select(0, sorted_segment))
+
+
+@torch.no_grad()        # the backward is written out (a loss without one enables autograd on the scores alone)
+def static_step(model, optimizer, loss, inputs, hidden, candidates, reset, correction=None):
+    """One training step and its update, in place on the model and optimiser state: returns (loss, new
+    hidden list). inputs (M,), candidates (C,) item indices; hidden: list of (M, L); reset (M,) bool, the
+    rows whose session starts here (their state is zeroed first); correction: the logQ term of the
+    candidates or None. The arithmetic of GRU4Rec.train_step + AdagradM.update, static shapes."""
+    group = optimizer.param_groups[0]
+    lr, mu, eps = group['lr'], group['momentum'], group['eps']
+    state = optimizer.state
+    M = len(inputs)
+    hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
+    if model.mode == 'shared':
+        sorted_ids, sorted_segment, segment, rows, used = segments(torch.cat([inputs, candidates]))
+        w = model.Wy.index_select(0, rows)
+        x = w.index_select(0, segment[:M])
+        columns = segment[M:]
+    else:
+        in_sorted, in_sorted_segment, in_segment, in_rows, _ = segments(inputs)
+        x = model.E.index_select(0, in_rows).index_select(0, in_segment)
+        sorted_ids, sorted_segment, columns, rows, used = segments(candidates)
+        w = model.Wy.index_select(0, rows)
+    K = len(rows)
+    bias = model.By.index_select(0, rows).index_select(0, columns)
+    new, saved = model.stack_forward(x, hidden)
+    top = new[-1]
+    columns_m = columns.expand(M, -1)
+    scores = F.linear(top, w).gather(1, columns_m) + bias
+    value, grad_scores = loss.value_and_grad(scores if correction is None else scores - correction)
+    grad_bias = grad_scores.new_zeros(K).index_add_(0, columns, grad_scores.sum(0))
+    grad_scores = grad_scores.new_zeros(M, K).scatter_add_(1, columns_m, grad_scores)
+    grad_w = grad_scores.T @ top
+    grad = model.stack_backward(saved, grad_scores @ w)
+    tables = {id(model.Wy), id(model.By), id(getattr(model, 'E', None))}
+    dense = [p for p in group['params'] if id(p) not in tables]
+    if model.mode == 'shared':
+        grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).index_add_(0, segment[:M], grad)
+        candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
+        row_update(model.Wy, state[model.Wy], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
+        row_update(model.By, state[model.By], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps,
+                   touched=candidate)
+    else:
+        grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_segment, grad)
+        row_update(model.E, state[model.E], in_rows, grad_x, in_sorted, in_sorted_segment, lr, mu, eps)
+        row_update(model.Wy, state[model.Wy], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
+        row_update(model.By, state[model.By], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps)
+    AdagradM._dense_step(dense, [p.grad for p in dense], [state[p] for p in dense], lr, mu, eps)
+    return value, new
+
+
+def init_state(optimizer):
+    """AdagradM's accumulator and velocity for every parameter before the first step (its own `update`
+    makes them on the first step; a captured step must not allocate)."""
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            state = optimizer.state[p]
+            if not state:
+                state['acc'] = torch.zeros_like(p)
+                state['velocity'] = torch.zeros_like(p)
