@@ -142,7 +142,7 @@ def main(argv=None):
     if args.is_eval:
         return run_eval(args, device)
     if args.resume:
-        return resume_run(args, device)
+        return resume_run(args, device, vars(parse_args([])))
     if args.load_model:
         raise InputError('--load_model is for --is_eval (to evaluate a checkpoint); training starts from scratch')
     if args.model not in (None, 'GRU4Rec'):

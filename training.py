@@ -266,8 +266,9 @@ def restore(state, data, model, optimizer, sampler, device):
     return state['epoch'] + 1, list(state.get('history') or [])
 
 
-def resume_run(args, device):
-    """--resume RUN: continue a run from its last complete checkpoint with its saved configuration."""
+def resume_run(args, device, defaults):
+    """--resume RUN: continue a run from its last complete checkpoint with its saved configuration.
+    `defaults`: the command line's default values (main.py's parser), to tell a flag given from one left out."""
     run_dir = args.resume.rstrip('/')
     if os.path.isfile(run_dir):
         run_dir = os.path.dirname(run_dir)
@@ -280,8 +281,6 @@ def resume_run(args, device):
     if config.get('model', 'GRU4Rec') != 'GRU4Rec':
         raise InputError(f'--resume {args.resume}: a {config["model"]} run is fitted again, not resumed '
                          f'(python main.py --model {config["model"]} ...)')
-    from main import parse_args                 # here: main imports this module
-    defaults = vars(parse_args([]))
     refused = [k for k, v in vars(args).items() if v is not None and (k in DEFAULTS or k in ('params', 'hidden_size',
                'num_layers', 'load_model', 'model', 'max_seq_length', 'valid_data')) and k != 'n_epochs']
     refused += [k for k in ('data_folder', 'train_data', 'checkpoint_dir') if getattr(args, k) != defaults[k]]
