@@ -17,6 +17,7 @@ from cli import InputError
 from comparison_models import COMPARISON_DEFAULTS, COMPARISON_MODELS
 from loss import PAIRING, canonical_loss, check_pairing
 from optimizer import OPTIMIZERS
+from static_step import STEP_MODES
 
 OTHER_MODELS = {**BASELINES, **COMPARISON_MODELS}          # everything but GRU4Rec: name -> class
 OTHER_DEFAULTS = {**BASELINE_DEFAULTS, **COMPARISON_DEFAULTS}
@@ -25,7 +26,8 @@ MODELS = ('GRU4Rec',) + tuple(OTHER_MODELS)
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
                 dropout_input=0.0, dropout_hidden=0.0, lr=0.1, momentum=0.0, n_sample=2048, sample_alpha=0.5,
                 bpreg=1.0, logq=0.0, constrained_embedding=True, embedding_dim=0, n_epochs=10,
-                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True, official_quirks=[])
+                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True, step_mode='fast',
+                official_quirks=[])
 
 # --official_quirks: the official PyTorch code's behaviour where ours deliberately differs (training.py's
 # docstring); each measured in benchmarks/RESULTS.md ("Faithfulness"); `--official_quirks` alone = all
@@ -196,7 +198,8 @@ def resolve_config(args):
               ('n_sample', config['n_sample'] >= 0, '>= 0'), ('sample_alpha', config['sample_alpha'] >= 0, '>= 0'),
               ('logq', config['logq'] >= 0, '>= 0'), ('bpreg', config['bpreg'] >= 0, '>= 0'),
               ('sample_store', config['sample_store'] >= 1, '>= 1'),
-              ('optimizer_type', config['optimizer_type'] in OPTIMIZERS, 'one of ' + ', '.join(OPTIMIZERS))]
+              ('optimizer_type', config['optimizer_type'] in OPTIMIZERS, 'one of ' + ', '.join(OPTIMIZERS)),
+              ('step_mode', config['step_mode'] in STEP_MODES, 'one of ' + ', '.join(STEP_MODES))]
     for flag, ok, expected in checks:
         if not ok:
             raise InputError(f'--{flag} must be {expected}, got {config[flag]}')

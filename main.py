@@ -21,6 +21,7 @@ from devices import make_deterministic, pick_device
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from optimizer import OPTIMIZERS
 from provenance import provenance
+from static_step import STEP_MODES
 from training import resume_run, train
 
 
@@ -60,6 +61,10 @@ def parse_args(argv=None):
     g.add_argument('--sample_store', type=int, help='negatives generated at once')
     g.add_argument('--fast_step', action=argparse.BooleanOptionalAction,
                    help='train with the hand-written backward (same numbers; --no-fast_step = plain autograd)')
+    g.add_argument('--step_mode', choices=STEP_MODES, help='fast (default): the hand-written step; plain: forward '
+                   '+ autograd; static: the static-shape step (static_step.py, same bits as fast on CPU); compiled: '
+                   'the static step under torch.compile (needs a C++ compiler on CPU; falls back to the eager step '
+                   'with one warning). Also with --resume')
     g.add_argument('--official_quirks', nargs='*', metavar='QUIRK', help='the official PyTorch code\'s behaviour '
                    'where ours deliberately differs, by name (' + ', '.join(QUIRKS) + '); the flag alone: all. '
                    'Measured effect: README, "Faithfulness"')

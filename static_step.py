@@ -18,28 +18,40 @@ dependence taken out:
 * session starts are a mask (all false when none starts), the optimiser state exists before the first step,
   the loss stays on the device.
 
-The same numbers: segments past U add zero columns to the products; the only operation whose summation
-order can change is the gradient of the top hidden state, (M x K) @ (K x L) instead of (M x U) @ (U x L)
-(extra zero terms can move a matrix kernel's blocking), a difference within float rounding
-(tests/test_static_step.py). The epoch's tail, where slots run out and the batch shrinks (spec B2), stays
-on the eager step: its shapes change every few steps.
+The same numbers, to float rounding: segments past U add zero columns to the products, and every
+operation is the fast step's, in its order, except one: the top state's gradient is an (M x K) @ (K x L)
+product where the fast step's is (M x U) @ (U x L), and a matrix kernel may sum the extra zero terms in
+another order (1.3e-7 absolute on W_y after one step at the demo setting, 2,269 items, where U = 1,200 of
+K = 2,112; bit-equal at the small sizes of tests/test_static_step.py on this machine, which checks the
+update to 1e-5 from each of 30 states). The epoch's tail, where slots run out and the batch shrinks
+(spec B2), stays on the fast step: its shapes change every few steps.
 
 Covered: the shared and separate-embedding modes (the one-hot mode keeps the eager step), AdagradM with
 and without momentum; the losses with an explicit gradient (cross-entropy, BPR-max with ELU or linear
 activation) and the others through autograd on the scores (eager; whether they compile whole is not yet
 checked).
 
-Status (issue #31, open): not yet used by the training loop. Measured on 2 CPU cores
-(scripts/bench_static_step.py, RSC15 setting, 37,500 items, B 32, 2048 samples: 1,953 distinct rows of the
-2,112 a step reads): eager 0.81-0.83x the fast step (K rows instead of U in the products and updates);
-under torch.compile(fullgraph=True) it compiles whole and runs 1.15x (1 thread) / 1.16x (2 threads) the
-fast step; a profile puts 2.3 of its 3.2 ms (1 thread) in Inductor's own kernels (the gathers, scatters and
-row updates) and 0.55 ms in the matrix products. Compiled and eager agree to float rounding after one
-step (1.1e-6 relative at most, with torch._inductor.config.fallback_random for the same dropout draws); over many
-steps no two roundings stay close: training amplifies a 1e-7 relative change of W_y to 0.26 after 30
-steps (the eager step perturbed by hand does the same), so equality across modes is to be checked one
-step from a common state, not after 200 steps.
+Modes (--step_mode, `step_for`): `static` runs this step eagerly, `compiled` under
+torch.compile(fullgraph=True) (Inductor's C++ kernels on CPU, compiled at the first step: 7.3 s in the demo
+run, up to a minute with a cold on-disk cache; a failure falls back to the eager step with one warning line); the
+default stays `fast`. Measured on 2 CPU cores (issue #31, open):
+* scripts/bench_static_step.py, RSC15 setting (37,500 items, B 32, 2048 samples: U = 1,953 of K = 2,112):
+  eager 0.81-0.83x the fast step; compiled 1.15x (1 thread) / 1.16x (2 threads). A profile puts 2.3 of the
+  compiled step's 3.2 ms (1 thread) in Inductor's kernels and 0.55 ms in the matrix products; the row
+  update of W_y, its accumulator and velocity alone takes 1.1-1.3 ms (today's eager one as long): 6,336
+  scattered rows of three 15 MB tables. The same update over one interleaved [W | G | v] table took 0.8 ms
+  compiled: the row layout issue #31 proposes is the next step;
+* the demo (2,269 items, U = 1,200 of K = 2,112; 3 epochs, 2 threads): compiled 16,379 / 15,731 events/s in
+  epochs 1-2 against the fast step's 18,963 / 17,416, whole run 27.3 s against 16.7 s: where most candidates
+  repeat, K-sized products and updates cost more than the fusion saves.
+Compiled and eager agree to float rounding after one step (1.1e-6 relative at most, with Inductor's
+fallback_random for the same dropout draws); over many steps no two roundings stay close: training
+amplifies a 1e-7 relative change of W_y to 0.26 after 30 steps (the eager step perturbed by hand does the
+same), so modes are compared one step from a common state, not after 200 steps.
 """
+import sys
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -141,3 +153,79 @@ def init_state(optimizer):
             if not state:
                 state['acc'] = torch.zeros_like(p)
                 state['velocity'] = torch.zeros_like(p)
+
+
+# ---------------------------------------------------------------- the training loop's entry
+
+STEP_MODES = ('fast', 'plain', 'static', 'compiled')
+
+
+def supported(model, optimizer):
+    """Whether the static step covers this model and optimiser (module docstring): the fast step's modes with
+    AdagradM in one parameter group."""
+    return (getattr(model, 'has_fast_step', False) and isinstance(optimizer, AdagradM)
+            and len(optimizer.param_groups) == 1)
+
+
+class CompiledStep:
+    """static_step under torch.compile(fullgraph=True), compiled at its first call (Inductor: C++ kernels on
+    CPU; its on-disk cache makes the next run's compilation short). Dropout draws the eager step's numbers
+    (Inductor's fallback_random). A compilation that fails prints one warning line and the step runs eagerly
+    from then on (`failed`); nothing has changed the state when a compilation fails."""
+
+    failed = False
+
+    def __init__(self):
+        from torch._inductor import config as inductor
+        inductor.fallback_random = True
+        self.function = torch.compile(static_step, fullgraph=True)
+        self.compiled = False
+
+    def __call__(self, *args):
+        if CompiledStep.failed:
+            return static_step(*args)
+        if self.compiled:
+            return self.function(*args)
+        start = time.perf_counter()
+        try:
+            out = self.function(*args)
+        except Exception as err:            # no C++ compiler, an operator Inductor cannot take, ...
+            CompiledStep.failed = True
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f'warning: the static step did not compile ({type(err).__name__}: {first[:160]}); training '
+                  f'with the eager step', file=sys.stderr)
+            return static_step(*args)
+        self.compiled = True
+        print(f'compiled the static step in {time.perf_counter() - start:.1f} s', flush=True)
+        return out
+
+
+_compiled = None
+
+
+def step_for(mode, model, optimizer):
+    """The step function of --step_mode `mode` for this run, or None for the fast / plain step (also where
+    the static step does not cover the model or optimiser, or where compiling failed)."""
+    global _compiled
+    if mode not in ('static', 'compiled') or not supported(model, optimizer):
+        return None
+    init_state(optimizer)
+    if mode == 'static':
+        return static_step
+    if CompiledStep.failed:
+        return None
+    if _compiled is None:
+        _compiled = CompiledStep()
+    return _compiled
+
+
+def mode_in_effect(config, model, optimizer):
+    """The step mode a run trains with: --step_mode, unless the model or optimiser is not covered (fast, or
+    plain where the fast step does not apply either) or --no-fast_step asks for plain."""
+    fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
+    mode = config.get('step_mode', 'fast')
+    if not fast:
+        return 'plain'
+    if mode in ('static', 'compiled') and not supported(model, optimizer):
+        return 'fast'
+    return mode

@@ -37,6 +37,7 @@ from evaluation import evaluate
 from loss import loss_function
 from model import SampleStore
 from optimizer import make_optimizer
+import static_step
 
 
 class Diverged(Exception):
@@ -49,16 +50,20 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     max_steps cuts the epoch short (for benchmarks only)."""
     n_sample = config['n_sample']
     split = config['batch_size'] if 'n_valid' in config.get('official_quirks', ()) else None   # B12.1
-    fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
+    mode = static_step.mode_in_effect(config, model, optimizer)
+    fast = mode != 'plain'
+    static = static_step.step_for(mode, model, optimizer)      # None: the fast or plain step
     update = getattr(optimizer, 'update', optimizer.step)     # AdagradM: its step without torch's wrapper
     hidden = model.init_hidden(iterator.n_slots, device)
+    no_reset = torch.zeros(iterator.n_slots, dtype=torch.bool, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_targets = n_steps = weights = 0
     start = time.perf_counter()
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:
             hidden = [h[keep] for h in hidden]
-        if reset is not None:
+            static = None              # the epoch's tail, where the batch shrinks: the fast step (same numbers)
+        if reset is not None and static is None:
             hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
         if (n_sample == 0 and len(targets) < 2) or n_steps == max_steps:   # B2.6: no negative would be left
             break
@@ -77,14 +82,18 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
                 correction = in_batch.index_select(0, targets)
                 if n_sample:
                     correction = torch.cat([correction, sampled.index_select(0, samples)])
-        if fast:      # the same numbers as the plain lines below, with a hand-written backward (issue #6)
+        if static is not None:     # static shapes, the update included (static_step.py, issue #31)
+            loss, hidden = static(model, optimizer, loss_fn, inputs, hidden, candidates,
+                                  no_reset if reset is None else reset, correction)
+        elif fast:    # the same numbers as the plain lines below, with a hand-written backward (issue #6)
             loss, hidden = model.train_step(inputs, hidden, candidates, loss_fn, correction)
         else:
             optimizer.zero_grad(set_to_none=True)
             scores, hidden = model(inputs, hidden, candidates)
             loss = loss_fn(scores if correction is None else scores - correction)
             loss.backward()
-        update()
+        if static is None:
+            update()
         if not fast:
             hidden = [h.detach() for h in hidden]
         weight = len(targets) if split is None else split
@@ -184,7 +193,8 @@ def train(args, config, device, resume=None):
         run_dir = resume[0]
         print(f'resuming {run_dir} after epoch {first - 1}')
     print(f'{name} config: ' + json.dumps(config))
-    print(f'run folder: {run_dir}  device: {device}  threads: {torch.get_num_threads()}')
+    step = f'  step: {static_step.mode_in_effect(config, model, optimizer)}' if name == 'GRU4Rec' else ''
+    print(f'run folder: {run_dir}  device: {device}  threads: {torch.get_num_threads()}{step}')
     last_good = os.path.join(run_dir, f'model_{first - 1:05d}.pt') if first else None
     metrics = history[-1]['metrics'] if history else None
     epoch = first
@@ -282,14 +292,16 @@ def resume_run(args, device, defaults):
         raise InputError(f'--resume {args.resume}: a {config["model"]} run is fitted again, not resumed '
                          f'(python main.py --model {config["model"]} ...)')
     refused = [k for k, v in vars(args).items() if v is not None and (k in DEFAULTS or k in ('params', 'hidden_size',
-               'num_layers', 'load_model', 'model', 'max_seq_length', 'valid_data')) and k != 'n_epochs']
+               'num_layers', 'load_model', 'model', 'max_seq_length', 'valid_data')) and k not in ('n_epochs', 'step_mode')]
     refused += [k for k in ('data_folder', 'train_data', 'checkpoint_dir') if getattr(args, k) != defaults[k]]
     if refused:
         raise InputError(f'--resume continues with the run\'s saved settings; drop --{refused[0]} '
-                         f'(only --n_epochs may extend the run)')
+                         f'(only --n_epochs may extend the run, and --step_mode change how it computes)')
     if args.n_epochs is not None:
         config['n_epochs'] = args.n_epochs
         write_json(config_path, config)         # a later --resume of the extended run keeps its length
+    if args.step_mode is not None:              # the same numbers in another execution mode (static_step.py)
+        config['step_mode'] = args.step_mode
     removed = remove_stale_temporaries(run_dir)     # left by a process killed in mid-write
     if removed:
         print(f'removed {len(removed)} temporary file(s) of an interrupted write: {", ".join(removed)}')
