@@ -39,8 +39,11 @@ default stays `fast`. Measured on 2 CPU cores (issue #31, open):
   eager 0.81-0.83x the fast step; compiled 1.15x (1 thread) / 1.16x (2 threads). A profile puts 2.3 of the
   compiled step's 3.2 ms (1 thread) in Inductor's kernels and 0.55 ms in the matrix products; the row
   update of W_y, its accumulator and velocity alone takes 1.1-1.3 ms (today's eager one as long): 6,336
-  scattered rows of three 15 MB tables. The same update over one interleaved [W | G | v] table took 0.8 ms
-  compiled: the row layout issue #31 proposes is the next step;
+  scattered rows of three 15 MB tables. One interleaved [W | G | v] table per item table (tried: one
+  gather and one scatter of 1,200-byte rows, the forward's read included) took the update alone from 1.3
+  to 0.8 ms in a microbenchmark, but the whole compiled step stayed at 1.14x / 1.21x: the single gather of
+  2,112 such rows then took 0.56 ms (4.5 GB/s, bound by the latency of scattered reads), so it was not
+  kept; what is left is memory latency (prefetching the rows, or more threads), not operator count;
 * the demo (2,269 items, U = 1,200 of K = 2,112; 3 epochs, 2 threads): compiled 16,379 / 15,731 events/s in
   epochs 1-2 against the fast step's 18,963 / 17,416, whole run 27.3 s against 16.7 s: where most candidates
   repeat, K-sized products and updates cost more than the fusion saves.
