@@ -182,24 +182,24 @@ class CompiledStep:
         from torch._inductor import config as inductor
         inductor.fallback_random = True
         self.function = torch.compile(static_step, fullgraph=True)
-        self.compiled = False
+        self.models = set()                # ids of the models compiled for (a new model compiles anew)
 
     def __call__(self, *args):
         if CompiledStep.failed:
             return static_step(*args)
-        if self.compiled:
-            return self.function(*args)
+        new = id(args[0]) not in self.models
         start = time.perf_counter()
         try:
             out = self.function(*args)
-        except Exception as err:            # no C++ compiler, an operator Inductor cannot take, ...
-            CompiledStep.failed = True
+        except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
+            CompiledStep.failed = True      # recompile limit (8 models in one process), ...
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             print(f'warning: the static step did not compile ({type(err).__name__}: {first[:160]}); training '
                   f'with the eager step', file=sys.stderr)
             return static_step(*args)
-        self.compiled = True
-        print(f'compiled the static step in {time.perf_counter() - start:.1f} s', flush=True)
+        if new:
+            self.models.add(id(args[0]))
+            print(f'compiled the static step in {time.perf_counter() - start:.1f} s', flush=True)
         return out
 
 

@@ -208,3 +208,27 @@ def test_the_mode_in_effect():
     assert mode({'step_mode': 'static'}, onehot, make_optimizer('AdagradM', onehot.parameters(), 0.1)) == 'plain'
     assert mode({'step_mode': 'static', 'fast_step': False}, shared, adagrad) == 'plain'
     assert mode({}, shared, adagrad) == 'fast'
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+def test_the_recompile_limit_falls_back_instead_of_crashing(train, monkeypatch, capsys):
+    """Each new model compiles anew; past Dynamo's recompile limit (8 by default: tune.py trains many models
+    in one process) a fullgraph compile raises, and the run goes on with the eager step and one warning."""
+    from torch._dynamo import config as dynamo
+    from training import train_epoch
+    monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
+    monkeypatch.setattr(static_step, '_compiled', None)
+    monkeypatch.setattr(dynamo, 'recompile_limit', 1)
+    torch._dynamo.reset()
+    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000, 'step_mode': 'compiled'}
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(config['seed'])
+        losses.append(train_epoch(*training_setup(config, train, 'cpu'), config, 'cpu', max_steps=3)[0])
+    torch.manual_seed(config['seed'])
+    eager = train_epoch(*training_setup(config, train, 'cpu'), dict(config, step_mode='static'), 'cpu', max_steps=3)[0]
+    assert losses[1] == eager and losses[0] == pytest.approx(eager, rel=1e-5)
+    out, err = capsys.readouterr()
+    assert out.count('compiled the static step in') == 1
+    assert err.count('warning: the static step did not compile') == 1 and 'Traceback' not in err
+    torch._dynamo.reset()
