@@ -62,7 +62,7 @@ def parse_args(argv=None):
     g.add_argument('--fast_step', action=argparse.BooleanOptionalAction,
                    help='train with the hand-written backward (same numbers; --no-fast_step = plain autograd)')
     g.add_argument('--step_mode', choices=STEP_MODES, help='fast (default): the hand-written step; plain: forward '
-                   '+ autograd; static: the static-shape step (static_step.py, same bits as fast on CPU); compiled: '
+                   '+ autograd; static: the static-shape step (static_step.py, the update of fast to float rounding); compiled: '
                    'the static step under torch.compile (needs a C++ compiler on CPU; falls back to the eager step '
                    'with one warning). Also with --resume')
     g.add_argument('--official_quirks', nargs='*', metavar='QUIRK', help='the official PyTorch code\'s behaviour '

@@ -63,7 +63,7 @@ from optimizer import AdagradM
 
 def segments(ids):
     """Fixed-size distinct rows of `ids` (K,): (sorted ids, each sorted id's segment, each id's segment,
-    the segment rows (K,: the k-th smallest distinct id, row 0 past the last), the mask of used segments).
+    the segment rows (K,: the k-th smallest distinct id, row 0 past the last)).
     The static form of `model.unique_rows`: no count is read, nothing waits for the device."""
     sorted_ids, order = torch.sort(ids, stable=True)
     first = torch.ones_like(ids, dtype=torch.bool)
@@ -71,8 +71,7 @@ def segments(ids):
     sorted_segment = first.cumsum(0) - 1
     segment = torch.empty_like(sorted_segment).scatter_(0, order, sorted_segment)
     rows = torch.zeros_like(ids).scatter_(0, sorted_segment, sorted_ids)      # equal values per target
-    used = torch.arange(len(ids), device=ids.device) <= sorted_segment[-1]
-    return sorted_ids, sorted_segment, segment, rows, used
+    return sorted_ids, sorted_segment, segment, rows
 
 
 def row_update(table, state, rows, grad, sorted_ids, sorted_segment, lr, mu, eps, touched=None):
@@ -110,14 +109,14 @@ def static_step(model, optimizer, loss, inputs, hidden, candidates, reset, corre
     M = len(inputs)
     hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
     if model.mode == 'shared':
-        sorted_ids, sorted_segment, segment, rows, used = segments(torch.cat([inputs, candidates]))
+        sorted_ids, sorted_segment, segment, rows = segments(torch.cat([inputs, candidates]))
         w = model.Wy.index_select(0, rows)
         x = w.index_select(0, segment[:M])
         columns = segment[M:]
     else:
-        in_sorted, in_sorted_segment, in_segment, in_rows, _ = segments(inputs)
+        in_sorted, in_sorted_segment, in_segment, in_rows = segments(inputs)
         x = model.E.index_select(0, in_rows).index_select(0, in_segment)
-        sorted_ids, sorted_segment, columns, rows, used = segments(candidates)
+        sorted_ids, sorted_segment, columns, rows = segments(candidates)
         w = model.Wy.index_select(0, rows)
     K = len(rows)
     bias = model.By.index_select(0, rows).index_select(0, columns)

@@ -55,7 +55,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     static = static_step.step_for(mode, model, optimizer)      # None: the fast or plain step
     update = getattr(optimizer, 'update', optimizer.step)     # AdagradM: its step without torch's wrapper
     hidden = model.init_hidden(iterator.n_slots, device)
-    no_reset = torch.zeros(iterator.n_slots, dtype=torch.bool, device=device)
+    no_reset = None if static is None else torch.zeros(iterator.n_slots, dtype=torch.bool, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_targets = n_steps = weights = 0
     start = time.perf_counter()
@@ -300,7 +300,7 @@ def resume_run(args, device, defaults):
     if args.n_epochs is not None:
         config['n_epochs'] = args.n_epochs
         write_json(config_path, config)         # a later --resume of the extended run keeps its length
-    if args.step_mode is not None:              # the same numbers in another execution mode (static_step.py)
+    if args.step_mode is not None:              # the same training in another execution mode (static_step.py)
         config['step_mode'] = args.step_mode
     removed = remove_stale_temporaries(run_dir)     # left by a process killed in mid-write
     if removed:
