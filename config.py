@@ -17,10 +17,11 @@ from cli import InputError
 from comparison_models import COMPARISON_DEFAULTS, COMPARISON_MODELS
 from loss import PAIRING, canonical_loss, check_pairing
 from optimizer import OPTIMIZERS
+from session_knn import SAMPLINGS, SESSION_KNN, SESSION_KNN_DEFAULTS, SIMILARITIES, WEIGHTINGS
 from static_step import STEP_MODES
 
-OTHER_MODELS = {**BASELINES, **COMPARISON_MODELS}          # everything but GRU4Rec: name -> class
-OTHER_DEFAULTS = {**BASELINE_DEFAULTS, **COMPARISON_DEFAULTS}
+OTHER_MODELS = {**BASELINES, **SESSION_KNN, **COMPARISON_MODELS}          # everything but GRU4Rec: name -> class
+OTHER_DEFAULTS = {**BASELINE_DEFAULTS, **SESSION_KNN_DEFAULTS, **COMPARISON_DEFAULTS}
 MODELS = ('GRU4Rec',) + tuple(OTHER_MODELS)
 
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
@@ -224,6 +225,8 @@ def resolve_baseline_config(args, name):
             config[key] = value
     config.update(given)
     for key, default in OTHER_DEFAULTS[name].items():
+        if isinstance(default, bool) and not isinstance(config[key], bool):
+            raise InputError(f'{name} parameter {key} must be True or False, got {config[key]!r}')
         try:
             config[key] = type(default)(config[key])
         except (TypeError, ValueError):
@@ -244,6 +247,14 @@ def resolve_baseline_config(args, name):
               'dropout_probs': (lambda v: len(v) == 2 and all(0 <= p < 1 for p in v), 'two values in [0, 1)')}
     for key in ('dropout_prob', 'click_dropout', 'hidden_dropout_prob', 'attn_dropout_prob'):
         checks[key] = (lambda v: 0 <= v < 1, 'in [0, 1)')
+    if name in SIMILARITIES:                      # the session-kNN family (session_knn.py)
+        checks.update(k=(lambda v: v >= 1, '>= 1'), sample_size=(lambda v: v >= 0, '>= 0 (0: every candidate)'),
+                      sampling=(lambda v: v in SAMPLINGS, 'one of ' + ', '.join(SAMPLINGS)),
+                      similarity=(lambda v: v in SIMILARITIES[name], 'one of ' + ', '.join(SIMILARITIES[name])),
+                      weighting=(lambda v: v in WEIGHTINGS, 'one of ' + ', '.join(WEIGHTINGS)),
+                      weighting_score=(lambda v: v in WEIGHTINGS, 'one of ' + ', '.join(WEIGHTINGS)))
+        for key in ('idf_weighting', 'lambda_spw', 'lambda_snh', 'lambda_inh', 'lambda_ipw', 'lambda_idf'):
+            checks[key] = (lambda v: v >= 0, '>= 0 (0: off)')
     if 'n_heads' in config and config['hidden_size'] % max(config['n_heads'], 1):
         raise InputError(f'{name}: hidden_size {config["hidden_size"]} must be divisible by n_heads {config["n_heads"]}')
     for key, value in config.items():

@@ -99,7 +99,7 @@ class SessionData:
     """One split file as sessions: items (indices) sorted by (SessionId, Time) and session offsets.
 
     Attributes: items (int64, length n_events), offsets (int64, n_sessions + 1: session s owns
-    items[offsets[s]:offsets[s+1]]), session_ids, start_time (first click of each session),
+    items[offsets[s]:offsets[s+1]]), session_ids, start_time / end_time (first / last click of each session),
     item_map, and dropped_events / dropped_sessions (evaluation side, spec C1).
     """
 
@@ -120,6 +120,7 @@ class SessionData:
         keep_sessions = lengths >= 2
         self.session_ids = sessions[starts[keep_sessions]]
         self.start_time = times[starts[keep_sessions]]
+        self.end_time = times[(starts + lengths - 1)[keep_sessions]]
         self.offsets = np.r_[0, np.cumsum(lengths[keep_sessions])].astype(np.int64)
         self.dropped_events = n_total - len(self.items)
         self.dropped_sessions = n_sessions_in_file - len(self.session_ids)
