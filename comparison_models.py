@@ -41,12 +41,13 @@ class SequenceModel(nn.Module):
     """Prefix training and history-based scoring shared by the comparison models."""
 
     def __init__(self, n_items, embedding_size, max_seq_length=50, loss_type='CE', n_negatives=100, lr=0.001,
-                 n_epochs=10, batch_size=512, seed=42):
+                 n_epochs=10, batch_size=512, seed=42, weight_decay=0.0, lr_decay_step=0, lr_decay=1.0):
         super().__init__()
         if loss_type.upper() not in ('CE', 'BPR'):
             raise ValueError(f'unknown loss_type {loss_type!r} for a comparison model: expected CE or BPR')
         self.n_items, self.max_seq_length, self.loss_type = n_items, max_seq_length, loss_type.upper()
         self.n_negatives, self.lr, self.n_epochs, self.batch_size, self.seed = n_negatives, lr, n_epochs, batch_size, seed
+        self.weight_decay, self.lr_decay_step, self.lr_decay = weight_decay, lr_decay_step, lr_decay
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=n_items)
 
     # ---- the encoder each model defines: (B, L) right-padded items, (B,) lengths -> (B, d) session vector
@@ -114,16 +115,30 @@ class SequenceModel(nn.Module):
         """The sessions of each epoch (None: all of them); GRU4Rec+ adds fine-tuning epochs."""
         return [None] * self.n_epochs
 
+    def epoch_lr(self, epoch):
+        """The learning rate of epoch `epoch` (0-based): `lr` throughout unless lr_decay_step > 0; then
+        lr * lr_decay ** ((epoch + 1) // lr_decay_step), the rate SR-GNN's official loop trains with: it calls
+        StepLR(step_size=lr_decay_step, gamma=lr_decay).step() at the start of every epoch, before the first
+        optimizer step, so (step 3, decay 0.1) epochs 0-1 run at lr, 2-4 at lr/10, 5-7 at lr/100: the first
+        decay one epoch before a textbook StepLR's (torch 2.13: that loop run; torch 0.4, the code's own: its
+        StepLR's base_lr * gamma ** (last_epoch // step_size), last_epoch 0 after construction, gives the same)."""
+        if not self.lr_decay_step:
+            return self.lr
+        return self.lr * self.lr_decay ** ((epoch + 1) // self.lr_decay_step)
+
     def fit(self, data, **_):
-        """Adam over shuffled prefix mini-batches; yields the mean loss of each epoch."""
+        """Adam (L2 penalty `weight_decay`, rate epoch_lr) over shuffled prefix mini-batches; yields the mean
+        loss of each epoch."""
         device = self.item_embedding.weight.device
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         items = data.items
-        for sessions in self.epoch_schedule(data):
+        for epoch, sessions in enumerate(self.epoch_schedule(data)):
+            for group in optimizer.param_groups:
+                group['lr'] = self.epoch_lr(epoch)
             ends, starts = self.training_examples(data, sessions)
             order = rng.permutation(len(ends))
             self.train()

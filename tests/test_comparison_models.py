@@ -1,5 +1,6 @@
 """comparison_models.py: shapes, padding, SASRec causality, the history state, prefixes, learning."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -191,3 +192,33 @@ def test_bpr_training_beats_popularity(tmp_path):
     got = evaluate(model, test, cutoffs=(20,))
     assert losses[-1] < losses[0]          # R@20 0.67, MRR@20 0.28 against POP's 0.42 / 0.08
     assert got['Recall@20'] > floor['Recall@20'] + 0.1 and got['MRR@20'] > floor['MRR@20'] + 0.1, (got, floor)
+
+
+def test_lr_schedule_is_the_official_srgnn_loop_and_fit_applies_it(tmp_path):
+    """epoch_lr: `lr` throughout by default; with lr_decay_step the rate of SR-GNN's loop, which steps a StepLR
+    at the start of every epoch. fit sets it each epoch and passes weight_decay to Adam."""
+    assert [STAMP(5, embedding_size=4, lr=0.01).epoch_lr(e) for e in range(12)] == [0.01] * 12
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
+    official = []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')             # "lr_scheduler.step() before optimizer.step()": as there
+        for _ in range(10):
+            scheduler.step()
+            official.append(optimizer.param_groups[0]['lr'])
+            optimizer.step()
+    model = STAMP(5, embedding_size=4, lr=0.001, lr_decay_step=3, lr_decay=0.1)
+    assert [model.epoch_lr(e) for e in range(10)] == pytest.approx(official, rel=1e-12)
+    assert official[:6] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-5])
+    data = SessionData(write_split(tmp_path / 't.txt', [(1, 'a', 1), (1, 'b', 2), (1, 'c', 3), (2, 'b', 4),
+                                                         (2, 'a', 5), (3, 'c', 6), (3, 'a', 7)]))
+
+    def fitted(epochs, **settings):
+        torch.manual_seed(0)
+        model = STAMP(3, embedding_size=4, lr=0.01, n_epochs=epochs, batch_size=2, **settings)
+        list(model.fit(data))
+        return model.state_dict()
+    once, twice = fitted(1, lr_decay_step=2, lr_decay=0.0), fitted(2, lr_decay_step=2, lr_decay=0.0)
+    assert all(torch.equal(once[k], twice[k]) for k in once)           # the second epoch ran at rate 0
+    assert not torch.equal(fitted(2)['w1.weight'], twice['w1.weight'])
+    assert not torch.equal(fitted(1, weight_decay=100.0)['w1.weight'], fitted(1)['w1.weight'])
