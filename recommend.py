@@ -225,12 +225,13 @@ class SessionRecommender:
         out = []
         rows = max(1, SCORE_BLOCK // max(self.n_items, 1))
         for lo in range(0, len(states), rows):
-            scores = self.model.score_all(states[lo:lo + rows]).float()
+            scores = self.model.score_all(states[lo:lo + rows])
+            scores = scores if scores.dtype == torch.float64 else scores.float()   # the kNN family's stay float64
             block = exclusions[lo:lo + rows]
             pairs = [(r, i) for r, items in enumerate(block) for i in items]
             if pairs:
                 r, i = torch.tensor(pairs, device=scores.device).T
-                scores = scores.clone().index_put_((r, i), torch.tensor(float('-inf'), device=scores.device))
+                scores = scores.clone().index_put_((r, i), torch.tensor(float('-inf'), dtype=scores.dtype, device=scores.device))
             values, indices = best_k(scores, k)
             values, indices = values.cpu().tolist(), indices.cpu().tolist()
             for row, (vs, ix) in enumerate(zip(values, indices)):

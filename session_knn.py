@@ -197,8 +197,6 @@ class SessionKNN(Baseline):
             return 2 * overlap / (2 * overlap + size + n_size)
         return overlap / (torch.sqrt(weights_sq) * torch.sqrt(n_size))         # cosine
 
-    positive_only = True        # SKNN and V-SKNN keep neighbours with sim > 0 only; STAN keeps every candidate
-
     def neighbour_weight(self, latest, length):
         """A factor per neighbour from p*, the last position in s of an item of n (V-SKNN, VSTAN)."""
         return None
@@ -248,9 +246,8 @@ class SessionKNN(Baseline):
             p_row, p_session, overlap, latest = p_row[keep], p_session[keep], overlap[keep], latest[keep]
         neighbour_size = self.session_offsets[p_session + 1] - self.session_offsets[p_session]
         sim = self.similarity_of(overlap, weights_sq[p_row], size[p_row], neighbour_size, p_session)
-        if self.positive_only:
-            keep = sim > 0
-            p_row, p_session, sim, latest = p_row[keep], p_session[keep], sim[keep], latest[keep]
+        keep = sim > 0     # (session-rec's STAN keeps the others too: its sims are >= 0 and a 0 adds nothing)
+        p_row, p_session, sim, latest = p_row[keep], p_session[keep], sim[keep], latest[keep]
         # the k most similar of each row: by similarity, ties to the more recent session
         order = torch.sort(p_session, descending=True, stable=True).indices
         order = order[torch.sort(sim[order], descending=True, stable=True).indices]
@@ -319,7 +316,6 @@ class VSKNN(SessionKNN):
 class STAN(SessionKNN):
     """STAN (Garg et al. 2019; session-rec STAN): exponential position, time and neighbour-position decays."""
     kind = 'STAN'
-    positive_only = False
 
     def __init__(self, n_items, k=100, sample_size=5000, sampling='recent', lambda_spw=1.02, lambda_snh=5.0,
                  lambda_inh=2.05, remind=True, max_seq_length=200, seed=42):

@@ -1,6 +1,6 @@
 """recommend.py: the Python API against the evaluation, the batch command and the HTTP service.
 
-Tiny models (GRU4Rec, NARM, BPR-MF) trained for one or two epochs on a small synthetic split by main.py
+Tiny models (GRU4Rec, NARM, BPR-MF, VSTAN) trained for one or two epochs on a small synthetic split by main.py
 itself, so every checkpoint is the real format."""
 import json
 import os
@@ -34,8 +34,9 @@ def world(tmp_path_factory):
     narm, _ = main.main(common + ['--model', 'NARM', '--n_epochs', '1', '--params',
                                   'embedding_size=8,hidden_size=8,batch_size=64,max_seq_length=4'])
     bprmf, _ = main.main(common + ['--model', 'BPRMF', '--params', 'n_factors=8,n_epochs=2'])
+    vstan, _ = main.main(common + ['--model', 'VSTAN', '--params', 'k=20,sample_size=200'])
     train = SessionData(str(root / 'rsc15_train_full.txt'))
-    return {'root': root, 'GRU4Rec': gru4rec, 'NARM': narm, 'BPRMF': bprmf, 'train': train,
+    return {'root': root, 'GRU4Rec': gru4rec, 'NARM': narm, 'BPRMF': bprmf, 'VSTAN': vstan, 'train': train,
             'test': str(root / 'rsc15_test.txt')}
 
 
@@ -57,7 +58,7 @@ def test_support_is_saved_in_the_checkpoint(world):
 
 # ---------------------------------------------------------------- the ranking is the evaluation's
 
-@pytest.mark.parametrize('name', ['GRU4Rec', 'NARM', 'BPRMF'])
+@pytest.mark.parametrize('name', ['GRU4Rec', 'NARM', 'BPRMF', 'VSTAN'])
 def test_recall_from_recommend_equals_evaluate(world, name):
     """Every prefix of every test session, recommended, and its next click looked up in the top K."""
     r = SessionRecommender.load(world[name])
@@ -103,7 +104,7 @@ def test_best_k_is_top_k():
 
 # ---------------------------------------------------------------- batch, stateful, unknown ids
 
-@pytest.mark.parametrize('name', ['GRU4Rec', 'NARM'])
+@pytest.mark.parametrize('name', ['GRU4Rec', 'NARM', 'VSTAN'])
 def test_recommend_batch_equals_one_by_one(world, name):
     r = SessionRecommender.load(world[name])
     rng = np.random.default_rng(0)
@@ -127,7 +128,7 @@ def test_recommend_batch_equals_one_by_one(world, name):
         recommend.CHUNK_SESSIONS = saved
 
 
-@pytest.mark.parametrize('name', ['GRU4Rec', 'NARM'])
+@pytest.mark.parametrize('name', ['GRU4Rec', 'NARM', 'VSTAN'])
 def test_clicks_equal_recommend_of_the_prefix(world, name):
     r = SessionRecommender.load(world[name])
     session = [r.ids[5], r.ids[9], 'unknown-item', r.ids[5], r.ids[30], r.ids[2], r.ids[41]]   # NARM keeps 4
