@@ -7,9 +7,10 @@
 
 --benchmark srgnn: DIR holds one <name>_train_full.txt / <name>_test.txt pair written by preprocessing.py
 (--protocol srgnn or --dataset srgnn_files). POP, S-POP, Item-KNN, BPR-MF, GRU4Rec (rsc15_xe_shared_100
-and bprmax_shared), NARM, STAMP (their defaults), SASRec (lr 0.01) and GRU4Rec+ (lr 0.002) are trained on
-train_full and scored on test; table.md gives R@20 (= the papers' P@20) and MRR@20 as mean +- std over the seeds
-(n = runs; POP, S-POP and Item-KNN are deterministic and run once) beside SR-GNN's Table 2 (J2.9).
+and bprmax_shared), NARM, STAMP (their defaults), SASRec (lr 0.01), GRU4Rec+ (lr 0.002), SKNN, V-SKNN, STAN,
+VSTAN (session-rec's defaults) and SR-GNN (its official settings) are trained on train_full and scored on test;
+table.md gives R@20 (= the papers' P@20) and MRR@20 as mean +- std over the seeds (n = runs; POP, S-POP,
+Item-KNN and the kNN family are deterministic and run once) beside SR-GNN's Table 2 (J2.9).
 
 Runs, each trained on rsc15_train_full and evaluated on rsc15_test by evaluation.py (every non-first test
 click ranked against all training items, standard ties, hit = rank <= K):
@@ -17,7 +18,8 @@ click ranked against all training items, standard ties, hit = rank <= K):
   GRU4Rec with the ICLR'16 settings (TOP1, BPR, cross-entropy; 100 units, one-hot input, in-batch
   negatives only: presets iclr16_*) and the modern ones (cross-entropy + logQ with a shared embedding,
   rsc15_xe_shared_100; BPR-max, bprmax_shared);
-  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, their default sizes and epochs).
+  NARM, STAMP, SASRec and GRU4Rec+ (comparison_models.py; Adam at lr 0.01, their default sizes and epochs);
+  SKNN, V-SKNN, STAN and VSTAN (session_knn.py; session-rec's default settings).
 Writes results/<name>/table.md (Recall@1/5/10/20 and MRR@5/10/20, training time, published figures),
 results/<name>/results.json, results/<name>/comparison.png, and the runs' checkpoints under
 results/<name>/checkpoints/ (results/ is git-ignored). --quick uses the same settings; only the data is
@@ -62,6 +64,9 @@ RUNS = [
     ('STAMP', ['--model', 'STAMP', '--lr', '0.01'], None, None),
     ('SASRec', ['--model', 'SASRec', '--lr', '0.01'], None, None),
     ('GRU4Rec+ (Tan et al.)', ['--model', 'GRU4RecPlus', '--lr', '0.01'], None, None),
+    # the session-kNN family (session_knn.py), session-rec's default settings
+    ('SKNN', ['--model', 'SKNN'], None, None), ('V-SKNN', ['--model', 'VSKNN'], None, None),
+    ('STAN', ['--model', 'STAN'], None, None), ('VSTAN', ['--model', 'VSTAN'], None, None),
 ]
 
 
@@ -76,6 +81,9 @@ SRG_RUNS = [
     # lr 0.01 and 0.005 diverge on YOOCHOOSE 1/64 (the loss jumps in epoch 10 / 9 of some seeds); 0.002 trained
     # stably on its train_tr -> train_valid
     ('GRU4Rec+ (Tan et al.)', ['--model', 'GRU4RecPlus', '--lr', '0.002']),
+    ('SKNN', ['--model', 'SKNN']), ('V-SKNN', ['--model', 'VSKNN']), ('STAN', ['--model', 'STAN']),
+    ('VSTAN', ['--model', 'VSTAN']),
+    ('SR-GNN', ['--model', 'SRGNN']),
 ]
 PUBLISHED = {     # SR-GNN AAAI'19 Table 2; GRU4Rec's rows are third-party runs (the official code was never run there)
     'yoochoose1_64': {'POP': (6.71, 1.65), 'S-POP': (30.44, 18.35), 'Item-KNN': (51.60, 21.81),
@@ -85,7 +93,7 @@ PUBLISHED = {     # SR-GNN AAAI'19 Table 2; GRU4Rec's rows are third-party runs 
                      'SR-GNN': (71.36, 31.89)},
     'diginetica': {'GRU4Rec': (29.45, 8.33), 'NARM': (49.70, 16.17), 'STAMP': (45.64, 14.32), 'SR-GNN': (50.73, 17.59)},
 }
-DETERMINISTIC = ('POP', 'SPOP', 'ItemKNN')
+DETERMINISTIC = ('POP', 'SPOP', 'ItemKNN', 'SKNN', 'VSKNN', 'STAN', 'VSTAN')   # (recent sampling: no draw)
 
 
 def prepare_quick_data(folder):
@@ -242,7 +250,7 @@ def srg_table(results, published_name, data, prefix, seeds):
              f'{prefix}_test.txt ({ok["n_predictions"] if ok else 0:,} predictions: every test click after the first, '
              f'ranked against all training items, {ok["tie_mode"] if ok else "standard"} ties, hit = rank <= 20; '
              'R@20 is the papers\' P@20). Mean ± std over n runs (seeds ' + ' '.join(map(str, seeds)) +
-             '; POP, S-POP and Item-KNN are deterministic: one run).', '',
+             '; POP, S-POP, Item-KNN and the session-kNN family are deterministic: one run).', '',
              '| model | R@20 (P@20) | MRR@20 | n | train s (mean) | published P@20 / MRR@20 (%), SR-GNN Table 2 |',
              '|---|---|---|---|---|---|']
     for name, per_seed in results:
@@ -258,7 +266,7 @@ def srg_table(results, published_name, data, prefix, seeds):
         note = f' ({len(failed)} failed)' if failed else ''
         spread = (lambda v: f'{v[0]:.4f} ± {v[1]:.4f}') if r20[2] > 1 else (lambda v: f'{v[0]:.4f}')   # n = 1: no std
         lines.append(f'| {name} | {spread(r20)} | {spread(mrr)} | {r20[2]}{note} | {seconds:.0f} | {pub_cell} |')
-    if 'SR-GNN' in published:
+    if 'SR-GNN' in published and 'SR-GNN' not in dict(results):
         srgnn_row = published['SR-GNN']
         lines.append(f'| SR-GNN (not run here) | - | - | - | - | {srgnn_row[0]:.2f} / {srgnn_row[1]:.2f} |')
     lines += ['', ('Published: SR-GNN (Wu et al., AAAI 2019) Table 2, ' + published_name + '; its GRU4Rec row is a '

@@ -13,8 +13,9 @@ click of every test session (`<name>_test.txt`, read with the training item map 
 predicted from the clicks before it; session-rec's predict_next is called as its evaluate_sessions calls it
 (the session id, the previous click, all training items, the timestamp of the click to predict). Both
 sides' scores are ranked by evaluation.target_ranks (standard ties, every item), so only the models differ.
-Printed per model and variant: Recall@20 / MRR@20 of each side, the largest difference, and how many
-predictions got another rank.
+Printed per model and variant: Recall@20 / MRR@20 of each side, how many predictions got another rank
+and the largest change, and each side's seconds for fit + every prediction (ours: blocks of 64 rows).
+The load average is printed before and after.
 
 Variants of the session-rec side:
   patched       session-rec's classes with our two tie rules (session_knn.py's docstring): candidates of
@@ -189,9 +190,10 @@ def main(argv=None):
     test_frame = [by_session[sid] for sid in test.session_ids]
     rows, targets, _ = predictions(test)
     given = {name: _read_raw(spec) for name, spec in args.params}
-    print(f'{len(targets):,} predictions, {len(ids):,} items, {train.n_sessions:,} training sessions')
-    print('| model | settings | side | Recall@20 | MRR@20 | predictions ranked otherwise | largest rank change | seconds |')
-    print('|---|---|---|---|---|---|---|---|')
+    print(f'{len(targets):,} predictions, {len(ids):,} items, {train.n_sessions:,} training sessions; '
+          f'load average {os.getloadavg()[0]:.2f}')
+    print('| model | settings | side | Recall@20 | MRR@20 | predictions ranked otherwise | largest rank change | fit + predict (s) | predictions/s |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for name in args.models:
         settings = dict(OTHER_DEFAULTS[name], **given.get(name, {}))
         shown = ', '.join(f'{k}={v}' for k, v in settings.items() if k not in ('seed', 'max_seq_length'))
@@ -202,7 +204,8 @@ def main(argv=None):
         mine = our_ranks(ours, rows, targets)
         seconds = time.perf_counter() - start
         recall, mrr = metrics(mine)
-        print(f'| {name} | {shown} | ours | {recall:.4f} | {mrr:.4f} | | | {seconds:.1f} |', flush=True)
+        print(f'| {name} | {shown} | ours | {recall:.4f} | {mrr:.4f} | | | {seconds:.1f} | '
+              f'{len(targets) / seconds:,.0f} |', flush=True)
         for variant in args.variants:
             cls = with_our_ties(classes[name]) if variant == 'patched' else classes[name]
             start = time.perf_counter()
@@ -213,7 +216,8 @@ def main(argv=None):
             changed = int((theirs != mine).sum())
             largest = float(np.abs(theirs - mine).max())
             print(f'| {name} | {shown} | session-rec, {variant} | {recall:.4f} | {mrr:.4f} | {changed:,} | '
-                  f'{largest:g} | {seconds:.1f} |', flush=True)
+                  f'{largest:g} | {seconds:.1f} | {len(targets) / seconds:,.0f} |', flush=True)
+    print(f'load average after: {os.getloadavg()[0]:.2f}')
 
 
 if __name__ == '__main__':
