@@ -93,6 +93,11 @@ PUBLISHED = {     # SR-GNN AAAI'19 Table 2; GRU4Rec's rows are third-party runs 
                      'SR-GNN': (71.36, 31.89)},
     'diginetica': {'GRU4Rec': (29.45, 8.33), 'NARM': (49.70, 16.17), 'STAMP': (45.64, 14.32), 'SR-GNN': (50.73, 17.59)},
 }
+# tune.py's search space of each row (--tune_trials): the same budget for every model that has one
+SPACES_DIR = os.path.join(ROOT, 'scripts', 'paramspaces')
+TUNE_SPACES = {'Item-KNN': 'itemknn.test', 'GRU4Rec XE + logQ, shared': 'gru4rec_xe.json',
+               'GRU4Rec BPR-max, shared': 'gru4rec_bprmax.json', 'NARM': 'narm.test', 'SKNN': 'sknn.test',
+               'V-SKNN': 'vsknn.test', 'STAN': 'stan.test', 'VSTAN': 'vstan.test', 'SR-GNN': 'srgnn.test'}
 DETERMINISTIC = ('POP', 'SPOP', 'ItemKNN', 'SKNN', 'VSKNN', 'STAN', 'VSTAN')   # (recent sampling: no draw)
 
 
@@ -269,10 +274,43 @@ def srg_table(results, published_name, data, prefix, seeds):
     if 'SR-GNN' in published and 'SR-GNN' not in dict(results):
         srgnn_row = published['SR-GNN']
         lines.append(f'| SR-GNN (not run here) | - | - | - | - | {srgnn_row[0]:.2f} / {srgnn_row[1]:.2f} |')
+    tuned = [r for _, per_seed in results for r in per_seed if 'tuned' in r]
+    if tuned:
+        lines += ['', f'Tuned rows: {tuned[0]["trials"]} trials each of scripts/tune.py ({tuned[0]["sampler"]} search, '
+                  f'seed 42) on {prefix}_train_tr -> {prefix}_train_valid by MRR@20, in the space of '
+                  'scripts/paramspaces/ for that model; the best setting retrained on train_full once and scored on '
+                  'test; the time column is the whole search. Settings: ' + '; '.join(
+                      f'{name.split(" (tuned")[0]}: ' + ', '.join(f'{k}={v}' for k, v in r['tuned'].items())
+                      for name, per_seed in results for r in per_seed if 'tuned' in r) + '.']
     lines += ['', ('Published: SR-GNN (Wu et al., AAAI 2019) Table 2, ' + published_name + '; its GRU4Rec row is a '
                'third-party run with unknown settings, set beside every GRU4Rec row here.') if published else
               'No published table for this data (--published).']
     return '\n'.join(lines) + '\n'
+
+
+def tuned_run(name, flags, trials, data, prefix, out, device, metric='mrr@20'):
+    """One model's tuned row: `trials` trials of tune.py's search on <prefix>_train_tr -> _train_valid (the
+    search of results/<name>/tune/<model> continues where it stopped), the best setting retrained on train_full
+    and scored on test once."""
+    from scripts import tune
+    model = model_of(flags)
+    space = os.path.join(SPACES_DIR, TUNE_SPACES[name])
+    base = flags[flags.index('--params') + 1] if model == 'GRU4Rec' else 'rsc15_xe_shared_100'
+    try:
+        import optuna  # noqa: F401
+        sampler = 'tpe'
+    except ImportError:
+        sampler = 'random'
+    settings = dict(model=model, space=space, base=base, metric=metric, data=os.path.abspath(data), prefix=prefix,
+                    epochs=None, sampler=sampler, seed=42, quick=False, device=device, trials=trials)
+    tune.check_data(settings)
+    run_dir = os.path.join(out, 'tune', name.split(' (')[0].replace(' ', '_').replace(',', ''))
+    os.makedirs(run_dir, exist_ok=True)
+    write_text(os.path.join(run_dir, 'settings.json'), json.dumps(settings, indent=1) + '\n')
+    start = time.perf_counter()
+    result = tune.search(settings, run_dir, trials)
+    return dict(result['test'], seconds=time.perf_counter() - start, seed=None, tuned=result['params'],
+                trials=trials, sampler=sampler, checkpoint=result['checkpoint'])
 
 
 def bar_chart(path, rows, title=''):
@@ -375,6 +413,10 @@ def main_(argv=None):
                    'Item-KNN)')
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, help='torch threads (default: torch\'s; 1 on a shared machine)')
+    p.add_argument('--tune_trials', type=int, metavar='N', help='srgnn: also a tuned row for every model with a '
+                   'search space (TUNE_SPACES): N trials of scripts/tune.py on <prefix>_train_tr -> _train_valid by '
+                   'MRR@20, the best retrained on train_full and scored on test; the same N for every model')
+    p.add_argument('--tuned_only', action='store_true', help='with --tune_trials: only the tuned rows')
     p.add_argument('--resume', action='store_true', help='keep the finished runs of results/<name>/results.json '
                    '(same benchmark and data files, same flags) and run only the missing (model, seed) pairs; '
                    'failed runs and runs trained with other flags are run again')
@@ -387,6 +429,10 @@ def main_(argv=None):
     if len(set(args.seeds)) != len(args.seeds):
         raise InputError(f'--seeds must be distinct, got {" ".join(map(str, args.seeds))}')
     srg = args.benchmark == 'srgnn'
+    if args.tune_trials is not None and (not srg or args.tune_trials < 1):
+        raise InputError('--tune_trials takes N >= 1 and --benchmark srgnn (its data has train_tr / train_valid)')
+    if args.tuned_only and args.tune_trials is None:
+        raise InputError('--tuned_only needs --tune_trials N')
     if srg and args.quick:
         raise InputError('--quick is for --benchmark rsc15 (for srgnn, preprocess a folder and pass --data)')
     table_runs = SRG_RUNS if srg else RUNS
@@ -423,10 +469,16 @@ def main_(argv=None):
     from devices import pick_device
     device = str(pick_device(args.device))
     origin = provenance([os.path.join(data, train), os.path.join(data, test)], args.seeds, device)   # as it starts
-    results = resumed_results(os.path.join(out, 'results.json'), args, train, test, origin, by_name) \
+    tuned_rows = {f'{name} (tuned: {args.tune_trials} trials)': (name, flags) for name, flags, *_ in runs
+                  if args.tune_trials and name in TUNE_SPACES}
+    results = resumed_results(os.path.join(out, 'results.json'), args, train, test, origin,
+                              dict(by_name, **{row: (row, flags) for row, (_, flags) in tuned_rows.items()})) \
         if args.resume else []
-    todo = {name: seeds_to_run(name, flags, args.seeds, results) for name, flags, *_ in runs}
-    total = sum(map(len, todo.values()))
+    todo = {name: [] if args.tuned_only else seeds_to_run(name, flags, args.seeds, results)
+            for name, flags, *_ in runs}
+    tuned = [(row, name, flags) for row, (name, flags) in tuned_rows.items()
+             if not [r for r in dict(results).get(row, []) if 'failed' not in r]]
+    total = sum(map(len, todo.values())) + len(tuned)
     shown_seeds = sorted({r['seed'] for _, per_seed in results for r in per_seed if r.get('seed') is not None}
                          | set(args.seeds))
     from tqdm import tqdm
@@ -451,11 +503,18 @@ def main_(argv=None):
     with tqdm(total=total, unit='run', disable=None) as progress:
         for name, flags, *_ in runs:
             if name not in dict(results):
+                if not todo[name]:                  # --tuned_only: no default row
+                    continue
                 results.append((name, []))
             per_seed = dict(results)[name]
             run_seeds(name, todo[name], progress, lambda seed: dict(run_one(
                 flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed), flags=flags),
                 per_seed, write_all)
+        for row, name, flags in tuned:
+            if row not in dict(results):
+                results.append((row, []))
+            run_seeds(row, [None], progress, lambda _: dict(tuned_run(
+                name, flags, args.tune_trials, data, prefix, out, device), flags=flags), dict(results)[row], write_all)
     text = write_all()
     scratch.cleanup()
     print('\n' + text + f'\nwrote {out}/table.md, results.json, comparison.png')

@@ -6,7 +6,8 @@
     python scripts/tune.py --resume tune/<run> [--trials 80]            # continue an interrupted search
     python scripts/tune.py --quick                                      # 5 trials of 1 epoch on the real sample
 
-Every trial trains `--model` with main.py on rsc15_train_tr.txt and is scored on rsc15_train_valid.txt
+Every trial trains `--model` with main.py on rsc15_train_tr.txt (`--prefix`: <prefix>_train_tr.txt) and is
+scored on rsc15_train_valid.txt
 (`--metric`, from the last epoch); its row (parameters, metrics, seconds, status) is appended to
 tune/<run>/trials.csv as soon as it ends, its output to tune/<run>/logs/. A trial that fails (NaN loss,
 refused settings) is recorded as failed and the search goes on. At the end the best setting is
@@ -24,7 +25,8 @@ Space files, one parameter per line, names official or ours (checked against the
                        alpha uniform 0.2,0.8
                        learning_rate loguniform -8,0          (exp of a uniform draw, as hyperopt's)
 Shipped: scripts/paramspaces/gru4rec_xe.json and gru4rec_bprmax.json (the official spaces; `--space
-xe` / `bprmax`) and itemknn.test (an example).
+xe` / `bprmax`), itemknn.test and narm.test (examples), and sknn / vsknn / stan / vstan.test (session-rec's
+search spaces for RSC15, conf/save/rsc15/window/opt).
 """
 import ast
 import contextlib
@@ -312,7 +314,8 @@ def search(settings, run_dir, n_trials):
             params = sample_random(space, np.random.default_rng([settings['seed'], number]))
         params = {k: round(v, 10) if isinstance(v, float) else v for k, v in params.items()}   # 0.1 + 0.2 -> 0.3
         start = time.perf_counter()
-        argv = trial_argv(settings, space, params, 'rsc15_train_tr.txt', 'rsc15_train_valid.txt')
+        prefix = settings.get('prefix', 'rsc15')
+        argv = trial_argv(settings, space, params, f'{prefix}_train_tr.txt', f'{prefix}_train_valid.txt')
         with tempfile.TemporaryDirectory(prefix='trial_') as checkpoints:
             metrics, error, _ = run_trial(argv, checkpoints, os.path.join(run_dir, 'logs', f'trial_{number:04d}.log'))
         value = metrics[key] if metrics else None
@@ -333,8 +336,10 @@ def search(settings, run_dir, n_trials):
         raise InputError(f'{trials_path}: every trial failed (see {run_dir}/logs)')
     best = max(done, key=lambda r: float(r['value']))
     params = {p['name']: parse_value(p, best[p['name']]) for p in space}
-    print(f'best: trial {best["trial"]} {key} {float(best["value"]):.4f}; retraining on rsc15_train_full.txt', flush=True)
-    argv = trial_argv(settings, space, params, 'rsc15_train_full.txt', 'rsc15_test.txt')
+    prefix = settings.get('prefix', 'rsc15')
+    print(f'best: trial {best["trial"]} {key} {float(best["value"]):.4f}; retraining on {prefix}_train_full.txt',
+          flush=True)
+    argv = trial_argv(settings, space, params, f'{prefix}_train_full.txt', f'{prefix}_test.txt')
     argv[argv.index('--eval_cutoffs') + 1:argv.index('--eval_cutoffs') + 2] = ['1', '5', '10', '20']
     metrics, error, checkpoint = run_trial(argv, os.path.join(run_dir, 'checkpoints'),
                                            os.path.join(run_dir, 'logs', 'final.log'))
@@ -358,7 +363,9 @@ def main_(argv=None):
     p.add_argument('--space', help='xe, bprmax or a space file (default: xe for GRU4Rec)')
     p.add_argument('--trials', type=int, help='number of trials in all (default 20; 5 with --quick)')
     p.add_argument('--metric', default='mrr@20', help='mrr@K or recall@K on the validation split')
-    p.add_argument('--data', default='data', help='folder of the rsc15_*.txt files')
+    p.add_argument('--data', default='data', help='folder of the <prefix>_*.txt files')
+    p.add_argument('--prefix', default='rsc15', help='file prefix: <prefix>_train_tr.txt, _train_valid, _train_full, '
+                   '_test (default rsc15)')
     p.add_argument('--base', help='GRU4Rec preset for the settings outside the space (default: by space)')
     p.add_argument('--epochs', type=int, help='epochs per trial and for the retrain (default: the model\'s)')
     p.add_argument('--sampler', default='auto', choices=['auto', 'tpe', 'random'])
@@ -398,7 +405,8 @@ def main_(argv=None):
         if base not in PRESETS:
             raise InputError(f'--base {base}: expected a preset ({", ".join(PRESETS)})')
         settings = dict(model=args.model, space=os.path.abspath(SPACES.get(space, space)), base=base,
-                        metric=f'{kind}@{k}', data=os.path.abspath(args.data), epochs=args.epochs or
+                        metric=f'{kind}@{k}', data=os.path.abspath(args.data), prefix=args.prefix,
+                        epochs=args.epochs or
                         (1 if args.quick else None), sampler=sampler, seed=args.seed, quick=args.quick,
                         device=args.device, trials=args.trials or (5 if args.quick else 20))
         read_space(settings['space'], settings['model'])          # refuse bad input before any folder exists
@@ -408,7 +416,7 @@ def main_(argv=None):
     if settings['quick']:
         with tempfile.TemporaryDirectory(prefix='tune_data_') as data:
             print(f'data: {prepare_quick_data(data)}')
-            return search(dict(settings, data=data), run_dir, n_trials)
+            return search(dict(settings, data=data, prefix='rsc15'), run_dir, n_trials)
     check_data(settings)
     return search(settings, run_dir, n_trials)
 
@@ -416,7 +424,8 @@ def main_(argv=None):
 def check_data(settings):
     if settings['quick']:
         return
-    for name in ('rsc15_train_tr.txt', 'rsc15_train_valid.txt', 'rsc15_train_full.txt', 'rsc15_test.txt'):
+    prefix = settings.get('prefix', 'rsc15')
+    for name in (f'{prefix}_train_tr.txt', f'{prefix}_train_valid.txt', f'{prefix}_train_full.txt', f'{prefix}_test.txt'):
         if not os.path.isfile(os.path.join(settings['data'], name)):
             raise InputError(f'--data {settings["data"]}: no {name} (run preprocessing.py first, or use --quick)')
 

@@ -1,4 +1,5 @@
 """scripts/reproduce.py: the table and chart of a small run, and its bad input."""
+import csv
 import json
 import os
 
@@ -95,6 +96,33 @@ def test_srgnn_benchmark_runs_models_for_real(tmp_path):
     assert 'No published table' in table
     runs = json.loads((tmp_path / 'r' / 'toy' / 'results.json').read_text())['runs']
     assert runs['POP']['per_seed'][0]['n_predictions'] == 3                 # 1 2 3 | 3 2: three predictions
+
+
+def test_tuned_row_is_the_best_validation_trial_retrained(tmp_path):
+    """--tune_trials 3 --tuned_only: SKNN's row is the test score of tune.py's best trial, retrained on
+    train_full (the same run as main.py with those settings); --resume then runs nothing again."""
+    from scripts import reproduce
+    data = srg_folder(tmp_path / 'data', prefix='toy')
+    argv = ['--benchmark', 'srgnn', '--data', data, '--only', 'SKNN', '--tune_trials', '3', '--tuned_only',
+            '--results_dir', str(tmp_path / 'r'), '--device', 'cpu']
+    reproduce.main_(argv)
+    out = tmp_path / 'r' / 'toy'
+    runs = json.loads((out / 'results.json').read_text())['runs']
+    assert list(runs) == ['SKNN (tuned: 3 trials)']
+    row = runs['SKNN (tuned: 3 trials)']['per_seed'][0]
+    trials = list(csv.DictReader(open(out / 'tune' / 'SKNN' / 'trials.csv')))
+    assert len(trials) == 3
+    best = max((t for t in trials if t['status'] == 'ok'), key=lambda t: float(t['value']))
+    assert row['tuned'] == {'k': int(best['k']), 'sample_size': int(best['sample_size']),
+                            'similarity': best['similarity']}
+    import main
+    _, again = main.main(['--model', 'SKNN', '--data_folder', data, '--train_data', 'toy_train_full.txt',
+                          '--valid_data', 'toy_test.txt', '--checkpoint_dir', str(tmp_path / 'ck'), '--params',
+                          ','.join(f'{k}={v}' for k, v in row['tuned'].items())])
+    assert row['Recall@20'] == again['Recall@20'] and row['MRR@20'] == again['MRR@20']
+    assert 'Tuned rows: 3 trials each' in (out / 'table.md').read_text()
+    reproduce.main_(argv + ['--resume'])
+    assert len(list(csv.DictReader(open(out / 'tune' / 'SKNN' / 'trials.csv')))) == 3
 
 
 def test_srgnn_bad_input_is_one_line(tmp_path):
