@@ -52,3 +52,21 @@ def synthetic_split(folder, n_sessions, n_items, seed):
     write_clicks(raw, generate(n_sessions, n_items, days=10, seed=seed))
     preprocessing.preprocess(raw, str(folder) + '/', log=lambda *a: None)
     return raw
+
+
+def fitted(model, data):
+    """A baseline (or kNN model) after its fit, which yields once per epoch."""
+    for _ in model.fit(data):
+        pass
+    return model
+
+
+def steps(model, items):
+    """Scores after each click of one session, as evaluate() produces them."""
+    import torch
+    hidden = model.init_hidden(1)
+    out = []
+    for item in items:
+        hidden = model.hidden_step(torch.tensor([item]), hidden)
+        out.append(model.score_all(hidden[-1])[0].tolist())
+    return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from baselines import BASELINE_DEFAULTS, BPRMF, ItemKNN, Pop, SessionPop, top_k
-from conftest import write_split
+from conftest import fitted, steps, write_split
 from dataset import SessionData
 from evaluation import evaluate, target_ranks
 
@@ -18,22 +18,6 @@ TRAIN = [(1, 'A', 1), (1, 'B', 2), (1, 'A', 3), (1, 'C', 4), (2, 'B', 5), (2, 'C
 @pytest.fixture
 def train(tmp_path):
     return SessionData(write_split(tmp_path / 'train.txt', TRAIN))
-
-
-def fitted(model, data):
-    for _ in model.fit(data):
-        pass
-    return model
-
-
-def steps(model, items):
-    """Scores after each click of one session, as evaluate() produces them."""
-    hidden = model.init_hidden(1)
-    out = []
-    for item in items:
-        hidden = model.hidden_step(torch.tensor([item]), hidden)
-        out.append(model.score_all(hidden[-1])[0].tolist())
-    return out
 
 
 def test_pop_top_n_of_support_over_one_plus_support(train):

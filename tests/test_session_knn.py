@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import checkpoints
-from conftest import write_split
+from conftest import fitted, steps, write_split
 from dataset import SessionData
 from evaluation import evaluate
 from session_knn import SESSION_KNN, SESSION_KNN_DEFAULTS, SKNN, STAN, VSKNN, VSTAN
@@ -27,18 +27,9 @@ def train(tmp_path):
     return SessionData(write_split(tmp_path / 'train.txt', TRAIN))
 
 
-def fitted(model, data):
-    for _ in model.fit(data):
-        pass
-    return model
-
-
 def scores_of(model, clicks):
     """Scores after the whole prefix `clicks`, through the evaluation interface."""
-    hidden = model.init_hidden(1)
-    for item in clicks:
-        hidden = model.hidden_step(torch.tensor([item]), hidden)
-    return model.score_all(hidden[-1])[0].tolist()
+    return steps(model, clicks)[-1]
 
 
 # ---------------------------------------------------------------- hand-computed cases
