@@ -55,7 +55,6 @@ into (row, candidate) pairs whose sums over shared items are the overlaps, keeps
 the k most similar of each row, and scatters the neighbours' items into a dense (rows x N) score table.
 Fitted tables are buffers, so a model saves and loads through the same checkpoint as every other model.
 """
-import math
 
 import numpy as np
 import torch

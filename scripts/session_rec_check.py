@@ -32,7 +32,6 @@ import os
 import sys
 import time
 import types
-from operator import itemgetter
 
 import numpy as np
 import pandas as pd
