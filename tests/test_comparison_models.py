@@ -16,7 +16,8 @@ import main
 
 N = 30
 SMALL = {'NARM': dict(embedding_size=8, hidden_size=12), 'STAMP': dict(embedding_size=8),
-         'SASRec': dict(hidden_size=8, inner_size=16), 'GRU4RecPlus': dict(embedding_size=8, hidden_size=12)}
+         'SASRec': dict(hidden_size=8, inner_size=16), 'GRU4RecPlus': dict(embedding_size=8, hidden_size=12),
+         'SRGNN': dict(hidden_size=8, step=2)}
 
 
 def small(name, max_seq_length=12):
