@@ -356,6 +356,8 @@ class SRGNN(SequenceModel):
     oldest clicks); the official n_node (37,484 on YOOCHOOSE) also scores items that never occur in training,
     this model the training items only; the official unused linear_edge_f is left out.
     On a GPU: sorts, cumsum, scatters and index_add only, and one host read a batch (the node count).
+    An epoch of YOOCHOOSE 1/64 train_full (369,859 prefixes, 3,699 batches) on one thread of a shared 2-core
+    machine: 43-48 ms a batch, 160-180 s (2 threads, the other core busy: 148 ms a batch, 550 s).
     """
 
     def __init__(self, n_items, hidden_size=100, step=1, nonhybrid=False, **common):
