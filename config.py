@@ -244,7 +244,9 @@ def resolve_baseline_config(args, name):
               'inner_size': (lambda v: v >= 1, '>= 1'), 'n_layers': (lambda v: v >= 1, '>= 1'),
               'n_heads': (lambda v: v >= 1, '>= 1'), 'finetune_epochs': (lambda v: v >= 0, '>= 0'),
               'finetune_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
-              'dropout_probs': (lambda v: len(v) == 2 and all(0 <= p < 1 for p in v), 'two values in [0, 1)')}
+              'dropout_probs': (lambda v: len(v) == 2 and all(0 <= p < 1 for p in v), 'two values in [0, 1)'),
+              'step': (lambda v: v >= 1, '>= 1'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
+              'lr_decay_step': (lambda v: v >= 0, '>= 0 (0: no decay)'), 'lr_decay': (lambda v: 0 < v <= 1, 'in (0, 1]')}
     for key in ('dropout_prob', 'click_dropout', 'hidden_dropout_prob', 'attn_dropout_prob'):
         checks[key] = (lambda v: 0 <= v < 1, 'in [0, 1)')
     if name in SIMILARITIES:                      # the session-kNN family (session_knn.py)

@@ -93,6 +93,9 @@ PUBLISHED = {     # SR-GNN AAAI'19 Table 2; GRU4Rec's rows are third-party runs 
                      'SR-GNN': (71.36, 31.89)},
     'diginetica': {'GRU4Rec': (29.45, 8.33), 'NARM': (49.70, 16.17), 'STAMP': (45.64, 14.32), 'SR-GNN': (50.73, 17.59)},
 }
+TIE_RULES = {'standard': 'rank = 1 + number of items scored higher',
+             'median': 'rank = 1 + number scored higher + half the others scored equal',
+             'conservative': 'rank = number of items scored higher or equal'}
 # tune.py's search space of each row (--tune_trials): the same budget for every model that has one
 SPACES_DIR = os.path.join(ROOT, 'scripts', 'paramspaces')
 TUNE_SPACES = {'Item-KNN': 'itemknn.test', 'GRU4Rec XE + logQ, shared': 'gru4rec_xe.json',
@@ -112,7 +115,8 @@ def prepare_quick_data(folder):
         'the synthetic demo data (scripts/make_synthetic.py defaults)'
 
 
-def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test='rsc15_test.txt', seed=None):
+def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test='rsc15_test.txt', seed=None,
+            tie_mode='standard'):
     """Train one model on `train`, evaluate its last checkpoint on `test`."""
     model = model_of(flags)
     seeded = seed is not None and (model == 'GRU4Rec' or 'seed' in OTHER_DEFAULTS[model])
@@ -121,7 +125,7 @@ def run_one(flags, data, checkpoints, device, train='rsc15_train_full.txt', test
                          '--device', device, *flags, *(['--seed', str(seed)] if seeded else [])])
     seconds = time.perf_counter() - start
     metrics = main.main(['--is_eval', '--load_model', path, '--data_folder', data, '--valid_data', test,
-                         '--device', device, '--eval_cutoffs', *map(str, CUTOFFS)])
+                         '--device', device, '--eval_cutoffs', *map(str, CUTOFFS), '--tie_mode', tie_mode])
     return dict(metrics, seconds=seconds, seed=seed if seeded else None, checkpoint=os.path.relpath(path, ROOT))
 
 
@@ -165,10 +169,12 @@ def resumed_results(path, args, train, test, origin, names):
         same, other = [], []
         for r in run['per_seed']:
             if 'failed' not in r:         # a run of an older results.json has no flags: kept
-                (same if r.get('flags', flags) == flags else other).append(r)
+                (same if r.get('flags', flags) == flags and r.get('tie_mode', 'standard') == args.tie_mode
+                 else other).append(r)
         if other:
-            print(f'--resume: {len(other)} run(s) of {name} were trained with {" ".join(other[0]["flags"])}; '
-                  f'run again with {" ".join(flags)}', file=sys.stderr, flush=True)
+            print(f'--resume: {len(other)} run(s) of {name} were trained with {" ".join(other[0]["flags"])} and '
+                  f'scored with {other[0].get("tie_mode", "standard")} ties; run again with {" ".join(flags)}, '
+                  f'{args.tie_mode} ties', file=sys.stderr, flush=True)
         if same:
             kept.append((name, same))
     return kept
@@ -213,7 +219,7 @@ def table(results, runs, source, on_sample):
     ok = next((r for _, per_seed in results for r in per_seed if 'failed' not in r), None)
     lines = [f'Trained on rsc15_train_full, evaluated on rsc15_test of {source}: '
              f'{ok["n_predictions"] if ok else 0:,} predictions, each test click after the first ranked against all '
-             f'training items; {ok["tie_mode"] if ok else "standard"} ties (rank = 1 + number of items scored higher); '
+             f'training items; {ok["tie_mode"] if ok else "standard"} ties ({TIE_RULES[ok["tie_mode"] if ok else "standard"]}); '
              'a hit is rank <= K (the 2016 evaluation code counted rank < K, spec C7). Mean (± std) over n seeds.', '',
              '| model | n | R@1 | R@5 | MRR@5 | R@10 | MRR@10 | R@20 | MRR@20 | time (s) | published R@20 / MRR@20 |'
              + (' official code on the sample |' if on_sample else ''),
@@ -253,7 +259,8 @@ def srg_table(results, published_name, data, prefix, seeds):
     ok = next((r for _, per_seed in results for r in per_seed if 'failed' not in r), None)
     lines = [f'SRG benchmark (datasets-spec J2) on {data}: trained on {prefix}_train_full.txt, evaluated on '
              f'{prefix}_test.txt ({ok["n_predictions"] if ok else 0:,} predictions: every test click after the first, '
-             f'ranked against all training items, {ok["tie_mode"] if ok else "standard"} ties, hit = rank <= 20; '
+             f'ranked against all training items, {ok["tie_mode"] if ok else "standard"} ties '
+             f'({TIE_RULES[ok["tie_mode"] if ok else "standard"]}), hit = rank <= 20; '
              'R@20 is the papers\' P@20). Mean ± std over n runs (seeds ' + ' '.join(map(str, seeds)) +
              '; POP, S-POP, Item-KNN and the session-kNN family are deterministic: one run).', '',
              '| model | R@20 (P@20) | MRR@20 | n | train s (mean) | published P@20 / MRR@20 (%), SR-GNN Table 2 |',
@@ -288,7 +295,7 @@ def srg_table(results, published_name, data, prefix, seeds):
     return '\n'.join(lines) + '\n'
 
 
-def tuned_run(name, flags, trials, data, prefix, out, device, metric='mrr@20'):
+def tuned_run(name, flags, trials, data, prefix, out, device, tie_mode='standard', metric='mrr@20'):
     """One model's tuned row: `trials` trials of tune.py's search on <prefix>_train_tr -> _train_valid (the
     search of results/<name>/tune/<model> continues where it stopped), the best setting retrained on train_full
     and scored on test once."""
@@ -302,7 +309,8 @@ def tuned_run(name, flags, trials, data, prefix, out, device, metric='mrr@20'):
     except ImportError:
         sampler = 'random'
     settings = dict(model=model, space=space, base=base, metric=metric, data=os.path.abspath(data), prefix=prefix,
-                    epochs=None, sampler=sampler, seed=42, quick=False, device=device, trials=trials)
+                    epochs=None, sampler=sampler, seed=42, quick=False, device=device, trials=trials,
+                    tie_mode=tie_mode)
     tune.check_data(settings)
     run_dir = os.path.join(out, 'tune', name.split(' (')[0].replace(' ', '_').replace(',', ''))
     os.makedirs(run_dir, exist_ok=True)
@@ -417,6 +425,9 @@ def main_(argv=None):
                    'search space (TUNE_SPACES): N trials of scripts/tune.py on <prefix>_train_tr -> _train_valid by '
                    'MRR@20, the best retrained on train_full and scored on test; the same N for every model')
     p.add_argument('--tuned_only', action='store_true', help='with --tune_trials: only the tuned rows')
+    p.add_argument('--tie_mode', default='standard', choices=['standard', 'median', 'conservative'],
+                   help='ranks of every run and trial (evaluation.py); median = the expected rank under random '
+                   'tie-breaking, fair to models with many equal scores (the kNN family: 0 for most items)')
     p.add_argument('--resume', action='store_true', help='keep the finished runs of results/<name>/results.json '
                    '(same benchmark and data files, same flags) and run only the missing (model, seed) pairs; '
                    'failed runs and runs trained with other flags are run again')
@@ -508,13 +519,14 @@ def main_(argv=None):
                 results.append((name, []))
             per_seed = dict(results)[name]
             run_seeds(name, todo[name], progress, lambda seed: dict(run_one(
-                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed), flags=flags),
+                flags, data, os.path.join(out, 'checkpoints'), device, train, test, seed, args.tie_mode), flags=flags),
                 per_seed, write_all)
         for row, name, flags in tuned:
             if row not in dict(results):
                 results.append((row, []))
             run_seeds(row, [None], progress, lambda _: dict(tuned_run(
-                name, flags, args.tune_trials, data, prefix, out, device), flags=flags), dict(results)[row], write_all)
+                name, flags, args.tune_trials, data, prefix, out, device, args.tie_mode), flags=flags),
+                dict(results)[row], write_all)
     text = write_all()
     scratch.cleanup()
     print('\n' + text + f'\nwrote {out}/table.md, results.json, comparison.png')

@@ -172,7 +172,8 @@ def trial_argv(settings, space, params, train, valid):
     """main.py arguments for one run with these parameters."""
     cutoff = settings['metric'].split('@')[1]
     argv = ['--model', settings['model'], '--data_folder', settings['data'], '--train_data', train,
-            '--valid_data', valid, '--eval_cutoffs', cutoff, '--device', settings['device']]
+            '--valid_data', valid, '--eval_cutoffs', cutoff, '--device', settings['device'],
+            '--tie_mode', settings.get('tie_mode', 'standard')]
     if settings['model'] != 'GRU4Rec':
         pairs = [f'{p["key"]}={params[p["name"]]}' for p in space]
         return argv + ['--params', ','.join(pairs)] + (['--n_epochs', str(settings['epochs'])]
@@ -368,6 +369,9 @@ def main_(argv=None):
                    '_test (default rsc15)')
     p.add_argument('--base', help='GRU4Rec preset for the settings outside the space (default: by space)')
     p.add_argument('--epochs', type=int, help='epochs per trial and for the retrain (default: the model\'s)')
+    p.add_argument('--tie_mode', default='standard', choices=['standard', 'median', 'conservative'],
+                   help='the ranks of trials and retrain (evaluation.py; median for models with many equal scores, '
+                   'such as the kNN family)')
     p.add_argument('--sampler', default='auto', choices=['auto', 'tpe', 'random'])
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--tune_dir', default='tune', help='searches go to <tune_dir>/<MMDDHHMM>')
@@ -406,6 +410,7 @@ def main_(argv=None):
             raise InputError(f'--base {base}: expected a preset ({", ".join(PRESETS)})')
         settings = dict(model=args.model, space=os.path.abspath(SPACES.get(space, space)), base=base,
                         metric=f'{kind}@{k}', data=os.path.abspath(args.data), prefix=args.prefix,
+                        tie_mode=args.tie_mode,
                         epochs=args.epochs or
                         (1 if args.quick else None), sampler=sampler, seed=args.seed, quick=args.quick,
                         device=args.device, trials=args.trials or (5 if args.quick else 20))

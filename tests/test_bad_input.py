@@ -178,6 +178,17 @@ CASES = {
     'train: softmax with TOP1': ('main.py', lambda t, w: ['--data_folder', str(w['root']), '--loss_type', 'TOP1',
                                                           '--final_act', 'softmax'], 'softmax'),
     'train: unknown model': ('main.py', lambda t, w: ['--model', 'NARM9'], "invalid choice: 'NARM9'"),
+    'train: kNN similarity of another model': ('main.py', lambda t, w: [
+        '--data_folder', str(w['root']), '--model', 'SKNN', '--params', 'similarity=vec'],
+        'SKNN parameter similarity must be one of jaccard, cosine, binary'),
+    'train: kNN flag as a word': ('main.py', lambda t, w: [
+        '--data_folder', str(w['root']), '--model', 'VSKNN', '--params', 'remind=yes'],
+        "VSKNN parameter remind must be True or False, got 'yes'"),
+    'train: negative STAN decay': ('main.py', lambda t, w: [
+        '--data_folder', str(w['root']), '--model', 'STAN', '--params', 'lambda_inh=-2'],
+        'STAN parameter lambda_inh must be >= 0'),
+    'train: SR-GNN without a GNN step': ('main.py', lambda t, w: [
+        '--data_folder', str(w['root']), '--model', 'SRGNN', '--params', 'step=0'], 'SRGNN parameter step must be >= 1'),
     'train: load_model without is_eval': ('main.py', lambda t, w: ['--load_model', w['checkpoint']],
                                           '--load_model is for --is_eval'),
     'eval: no checkpoint given': ('main.py', lambda t, w: ['--is_eval'], '--is_eval needs --load_model'),

@@ -55,7 +55,7 @@ def test_srgnn_benchmark_table_marks_failures_and_reports_mean_std(tmp_path, mon
     data = srg_folder(tmp_path / 'data')
     calls = []
 
-    def fake_run(flags, data_folder, checkpoints, device, train, test, seed):
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed, tie_mode='standard'):
         calls.append((flags[-1], seed, train, test))
         if flags == ['--model', 'STAMP']:
             raise RuntimeError('out of memory')
@@ -99,12 +99,12 @@ def test_srgnn_benchmark_runs_models_for_real(tmp_path):
 
 
 def test_tuned_row_is_the_best_validation_trial_retrained(tmp_path):
-    """--tune_trials 3 --tuned_only: SKNN's row is the test score of tune.py's best trial, retrained on
-    train_full (the same run as main.py with those settings); --resume then runs nothing again."""
+    """--tune_trials 3 --tuned_only --tie_mode median: SKNN's row is the test score of tune.py's best trial,
+    retrained on train_full (the same run as main.py with those settings and ties); --resume runs nothing again."""
     from scripts import reproduce
     data = srg_folder(tmp_path / 'data', prefix='toy')
     argv = ['--benchmark', 'srgnn', '--data', data, '--only', 'SKNN', '--tune_trials', '3', '--tuned_only',
-            '--results_dir', str(tmp_path / 'r'), '--device', 'cpu']
+            '--results_dir', str(tmp_path / 'r'), '--device', 'cpu', '--tie_mode', 'median']
     reproduce.main_(argv)
     out = tmp_path / 'r' / 'toy'
     runs = json.loads((out / 'results.json').read_text())['runs']
@@ -118,7 +118,8 @@ def test_tuned_row_is_the_best_validation_trial_retrained(tmp_path):
     import main
     _, again = main.main(['--model', 'SKNN', '--data_folder', data, '--train_data', 'toy_train_full.txt',
                           '--valid_data', 'toy_test.txt', '--checkpoint_dir', str(tmp_path / 'ck'), '--params',
-                          ','.join(f'{k}={v}' for k, v in row['tuned'].items())])
+                          ','.join(f'{k}={v}' for k, v in row['tuned'].items()), '--tie_mode', 'median'])
+    assert row['tie_mode'] == again['tie_mode'] == 'median'
     assert row['Recall@20'] == again['Recall@20'] and row['MRR@20'] == again['MRR@20']
     assert 'Tuned rows: 3 trials each' in (out / 'table.md').read_text()
     reproduce.main_(argv + ['--resume'])
@@ -151,7 +152,7 @@ def test_srgnn_benchmark_cut_off_mid_model_keeps_its_finished_seeds(tmp_path, mo
     from scripts import reproduce
     data = srg_folder(tmp_path / 'data')
 
-    def fake_run(flags, data_folder, checkpoints, device, train, test, seed):
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed, tie_mode='standard'):
         if flags[-1] == 'NARM' and seed == 3:
             raise KeyboardInterrupt                 # the user stops a long benchmark during NARM's third seed
         return {'Recall@20': 0.1 * seed, 'MRR@20': 0.05 * seed, 'n_predictions': 4, 'tie_mode': 'standard',
@@ -175,7 +176,7 @@ def test_srgnn_benchmark_resume_runs_only_the_missing_seeds(tmp_path, monkeypatc
     data = srg_folder(tmp_path / 'data')
     calls, resumed = [], []
 
-    def fake_run(flags, data_folder, checkpoints, device, train, test, seed):
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed, tie_mode='standard'):
         calls.append((flags[-1], seed))
         if not resumed and flags[-1] == 'NARM' and seed == 2:
             raise KeyboardInterrupt                         # the first run is stopped in NARM's second seed
