@@ -50,6 +50,18 @@ def test_sknn_recent_sample_keeps_the_most_recent_candidates(train):
     assert got == pytest.approx([0.0, 1 / 3, 1 / 4, 1 / 3 + 1 / 4, 1 / 4, 0.0], abs=1e-12)
 
 
+def test_sknn_random_sample_draws_among_the_candidates(train):
+    """sampling='random', sample_size 1, k 1: each prediction scores the items of one candidate (S1, S2 or S3,
+    with its jaccard) drawn afresh; over 30 draws of the seeded generator all three occur; with sample_size at
+    least the candidate count, random sampling is no sampling."""
+    one = {(2 / 3, 2 / 3, 2 / 3, 0.0, 0.0, 0.0), (0.0, 1 / 3, 0.0, 1 / 3, 0.0, 0.0), (0.0, 0.0, 1 / 4, 1 / 4, 1 / 4, 0.0)}
+    model = fitted(SKNN(6, k=1, sample_size=1, sampling='random', seed=3), train)
+    seen = {tuple(round(v, 12) for v in scores_of(model, [1, 2])) for _ in range(30)}
+    assert seen == {tuple(round(v, 12) for v in o) for o in one}
+    everything = fitted(SKNN(6, k=2, sample_size=3, sampling='random'), train)
+    assert scores_of(everything, [1, 2]) == scores_of(fitted(SKNN(6, k=2, sample_size=0), train), [1, 2])
+
+
 def test_vsknn_position_weights_recency_and_idf_by_hand(train):
     """s = [1, 2, 1], weighting div: item 1 weighs 3/3 (its last click), item 2 2/3. vec: S1 (1 + 2/3) / 2,
     S2 1/2, S3 (2/3) / 2. weighting_score div: S1 and S2 hold the last click (1/1), S3 only the one before (1/2)."""
