@@ -171,6 +171,27 @@ def test_srgnn_benchmark_cut_off_mid_model_keeps_its_finished_seeds(tmp_path, mo
     assert rows['NARM'].startswith('| NARM | 0.1500 ± 0.0707 | 0.0750 ± 0.0354 | 2 |')
 
 
+def test_resume_with_other_ties_runs_again(tmp_path, monkeypatch):
+    """Runs scored with standard ties are not kept by a --resume that asks for median ties."""
+    from scripts import reproduce
+    data = srg_folder(tmp_path / 'data')
+    calls = []
+
+    def fake_run(flags, data_folder, checkpoints, device, train, test, seed, tie_mode='standard'):
+        calls.append((flags[-1], tie_mode))
+        return {'Recall@20': 0.5, 'MRR@20': 0.2, 'n_predictions': 4, 'tie_mode': tie_mode, 'seconds': 1.0}
+
+    monkeypatch.setattr(reproduce, 'run_one', fake_run)
+    argv = ['--benchmark', 'srgnn', '--data', data, '--only', 'SKNN', '--results_dir', str(tmp_path / 'r'),
+            '--device', 'cpu', '--resume']
+    reproduce.main_(argv)
+    reproduce.main_(argv)                                       # the same ties: nothing to run
+    reproduce.main_(argv + ['--tie_mode', 'median'])
+    assert calls == [('SKNN', 'standard'), ('SKNN', 'median')]
+    record = json.loads((tmp_path / 'r' / 'toy1_64' / 'results.json').read_text())
+    assert [r['tie_mode'] for r in record['runs']['SKNN']['per_seed']] == ['median']
+
+
 def test_srgnn_benchmark_resume_runs_only_the_missing_seeds(tmp_path, monkeypatch):
     from scripts import reproduce
     data = srg_folder(tmp_path / 'data')
