@@ -97,15 +97,32 @@ def row_update(table, state, rows, grad, sorted_ids, sorted_segment, lr, mu, eps
     table.index_copy_(0, sorted_ids, new.index_select(0, sorted_segment))
 
 
-@torch.no_grad()        # the backward is written out (a loss without one enables autograd on the scores alone)
 def static_step(model, optimizer, loss, inputs, hidden, candidates, reset, correction=None):
     """One training step and its update, in place on the model and optimiser state: returns (loss, new
     hidden list). inputs (M,), candidates (C,) item indices; hidden: list of (M, L); reset (M,) bool, the
     rows whose session starts here (their state is zeroed first); correction: the logQ term of the
     candidates or None. The arithmetic of GRU4Rec.train_step + AdagradM.update, static shapes."""
+    return tensor_step(model, *optimizer_tensors(model, optimizer), loss, inputs, hidden, candidates, reset,
+                       correction)
+
+
+def optimizer_tensors(model, optimizer):
+    """What the step needs of the optimiser, as tensors and numbers: (the item tables' states [W_y, b_y(, E)],
+    the dense parameters, their states, (lr, momentum, eps)). A compiled step that takes these instead of the
+    optimiser object is reused by the next model of the same settings (Dynamo guards an object it reads a
+    dict from by its identity, so every new optimiser compiled anew: 5 s each, and the 9th failed)."""
     group = optimizer.param_groups[0]
-    lr, mu, eps = group['lr'], group['momentum'], group['eps']
-    state = optimizer.state
+    tables = [model.Wy, model.By] + ([model.E] if model.mode == 'separate' else [])
+    dense = [p for p in group['params'] if all(p is not t for t in tables)]
+    return ([optimizer.state[t] for t in tables], dense, [optimizer.state[p] for p in dense],
+            (group['lr'], group['momentum'], group['eps']))
+
+
+@torch.no_grad()        # the backward is written out (a loss without one enables autograd on the scores alone)
+def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, hidden, candidates, reset,
+                correction=None):
+    """static_step with the optimiser given as `optimizer_tensors`: the function that is compiled."""
+    lr, mu, eps = hyper
     M = len(inputs)
     hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
     if model.mode == 'shared':
@@ -129,20 +146,18 @@ def static_step(model, optimizer, loss, inputs, hidden, candidates, reset, corre
     grad_scores = grad_scores.new_zeros(M, K).scatter_add_(1, columns_m, grad_scores)
     grad_w = grad_scores.T @ top
     grad = model.stack_backward(saved, grad_scores @ w)
-    tables = {id(model.Wy), id(model.By), id(getattr(model, 'E', None))}
-    dense = [p for p in group['params'] if id(p) not in tables]
     if model.mode == 'shared':
         grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).index_add_(0, segment[:M], grad)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
-        row_update(model.Wy, state[model.Wy], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
-        row_update(model.By, state[model.By], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps,
+        row_update(model.Wy, table_states[0], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
+        row_update(model.By, table_states[1], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps,
                    touched=candidate)
     else:
         grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_segment, grad)
-        row_update(model.E, state[model.E], in_rows, grad_x, in_sorted, in_sorted_segment, lr, mu, eps)
-        row_update(model.Wy, state[model.Wy], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
-        row_update(model.By, state[model.By], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps)
-    AdagradM._dense_step(dense, [p.grad for p in dense], [state[p] for p in dense], lr, mu, eps)
+        row_update(model.E, table_states[2], in_rows, grad_x, in_sorted, in_sorted_segment, lr, mu, eps)
+        row_update(model.Wy, table_states[0], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
+        row_update(model.By, table_states[1], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps)
+    AdagradM._dense_step(dense, [p.grad for p in dense], dense_states, lr, mu, eps)
     return value, new
 
 
@@ -170,34 +185,38 @@ def supported(model, optimizer):
 
 
 class CompiledStep:
-    """static_step under torch.compile(fullgraph=True), compiled at its first call (Inductor: C++ kernels on
-    CPU; its on-disk cache makes the next run's compilation short). Dropout draws the eager step's numbers
-    (Inductor's fallback_random). A compilation that fails prints one warning line and the step runs eagerly
-    from then on (`failed`); nothing has changed the state when a compilation fails."""
+    """static_step under torch.compile(fullgraph=True) (`tensor_step`, compiled at its first call; Inductor: C++
+    kernels on CPU; its on-disk cache makes the next run's compilation short). The next model of the same
+    settings reuses the compiled step; another learning rate or momentum compiles anew (Dynamo specialises
+    on numbers). Dropout draws the eager step's numbers (Inductor's fallback_random). A compilation that
+    fails prints one warning line and the step runs eagerly from then on (`failed`); nothing has changed the
+    state when a compilation fails."""
 
     failed = False
 
     def __init__(self):
         from torch._inductor import config as inductor
         inductor.fallback_random = True
-        self.function = torch.compile(static_step, fullgraph=True)
-        self.models = set()                # ids of the models compiled for (a new model compiles anew)
+        self.function = torch.compile(tensor_step, fullgraph=True)
+        self.last = None                   # (model, optimiser, their optimizer_tensors) of the last call
 
-    def __call__(self, *args):
+    def __call__(self, model, optimizer, *args):
         if CompiledStep.failed:
-            return static_step(*args)
-        new = id(args[0]) not in self.models
+            return static_step(model, optimizer, *args)
+        if self.last is None or self.last[0] is not model or self.last[1] is not optimizer:
+            self.last = (model, optimizer, optimizer_tensors(model, optimizer))
+        from torch._dynamo.utils import counters
+        graphs = counters['stats']['unique_graphs']
         start = time.perf_counter()
         try:
-            out = self.function(*args)
+            out = self.function(model, *self.last[2], *args)
         except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
-            CompiledStep.failed = True      # recompile limit (8 models in one process), ...
+            CompiledStep.failed = True      # recompile limit (8 settings in one process), ...
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             print(f'warning: the static step did not compile ({type(err).__name__}: {first[:160]}); training '
                   f'with the eager step', file=sys.stderr)
-            return static_step(*args)
-        if new:
-            self.models.add(id(args[0]))
+            return static_step(model, optimizer, *args)
+        if counters['stats']['unique_graphs'] != graphs:
             print(f'compiled the static step in {time.perf_counter() - start:.1f} s', flush=True)
         return out
 

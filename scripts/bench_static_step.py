@@ -47,7 +47,7 @@ def bench(config, n, threads, steps, rounds, generator):
                for _ in range(steps + 1)]
     correction = torch.zeros(B + config['n_sample'])
     no_reset = torch.zeros(B, dtype=torch.bool)
-    compiled = torch.compile(static_step.static_step, fullgraph=True)
+    compiled = torch.compile(static_step.tensor_step, fullgraph=True)
 
     def fast(model, optimizer, inputs, hidden, candidates):
         value, hidden = model.train_step(inputs, hidden, candidates, loss, correction)
@@ -56,7 +56,8 @@ def bench(config, n, threads, steps, rounds, generator):
 
     modes = {'fast': fast,
              'static': lambda m, o, i, h, c: static_step.static_step(m, o, loss, i, h, c, no_reset, correction),
-             'compiled': lambda m, o, i, h, c: compiled(m, o, loss, i, h, c, no_reset, correction)}
+             'compiled': lambda m, o, i, h, c: compiled(m, *static_step.optimizer_tensors(m, o), loss, i, h, c,
+                                                        no_reset, correction)}
     torch.set_num_threads(threads)
     best, first = {}, {}
     for _ in range(rounds):
@@ -82,7 +83,7 @@ def main(argv=None):
     from torch._dynamo import config as dynamo
     from torch._inductor import config as inductor
     inductor.fallback_random = True          # dropout draws the eager step's random numbers
-    dynamo.recompile_limit = 64              # a new model per round and paramfile: one compilation each
+    dynamo.recompile_limit = 64              # one compilation per paramfile
     print(f'{args.items:,} items, AdagradM; load average {os.getloadavg()[0]:.2f} at the start')
     print('| paramfile | layers / batch / n_sample / loss | threads | mode | first call (s) | ms / step (best round) '
           '| events/s | vs fast |')

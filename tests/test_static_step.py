@@ -210,9 +210,10 @@ def test_the_mode_in_effect():
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
-def test_the_recompile_limit_falls_back_instead_of_crashing(train, monkeypatch, capsys):
-    """Each new model compiles anew; past Dynamo's recompile limit (8 by default: tune.py trains many models
-    in one process) a fullgraph compile raises, and the run goes on with the eager step and one warning."""
+def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(train, monkeypatch, capsys):
+    """A second model of the same settings reuses the compiled step (tune.py and faithfulness.py train many
+    models in one process); another learning rate compiles anew, and past Dynamo's recompile limit (8 by
+    default, 1 here) a fullgraph compile raises: the run goes on with the eager step and one warning."""
     from torch._dynamo import config as dynamo
     from training import train_epoch
     monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
@@ -221,13 +222,16 @@ def test_the_recompile_limit_falls_back_instead_of_crashing(train, monkeypatch, 
     torch._dynamo.reset()
     config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000, 'step_mode': 'compiled'}
     losses = []
-    for _ in range(2):
+    for lr in (0.05, 0.05, 0.07):
         torch.manual_seed(config['seed'])
-        losses.append(train_epoch(*training_setup(config, train, 'cpu'), config, 'cpu', max_steps=3)[0])
-    torch.manual_seed(config['seed'])
-    eager = train_epoch(*training_setup(config, train, 'cpu'), dict(config, step_mode='static'), 'cpu', max_steps=3)[0]
-    assert losses[1] == eager and losses[0] == pytest.approx(eager, rel=1e-5)
+        losses.append(train_epoch(*training_setup(dict(config, lr=lr), train, 'cpu'), config, 'cpu', max_steps=3)[0])
     out, err = capsys.readouterr()
-    assert out.count('compiled the static step in') == 1
+    assert out.count('compiled the static step in') == 1 and losses[0] == losses[1]
     assert err.count('warning: the static step did not compile') == 1 and 'Traceback' not in err
+    eager = []
+    for lr in (0.05, 0.07):
+        torch.manual_seed(config['seed'])
+        run = training_setup(dict(config, lr=lr), train, 'cpu')
+        eager.append(train_epoch(*run, dict(config, step_mode='static'), 'cpu', max_steps=3)[0])
+    assert losses[2] == eager[1] and losses[0] == pytest.approx(eager[0], rel=1e-5) and eager[0] != eager[1]
     torch._dynamo.reset()
