@@ -17,7 +17,15 @@ Ranks come from counting comparisons (no sort), and the metric sums stay on the 
 the end). A step's scores are computed for a block of rows at a time, so memory does not grow with
 --eval_batch_size x items: at most SCORE_BLOCK scores on the CPU, DEVICE_SCORE_BLOCK on a GPU (where the
 comparison masks add a quarter again). Blocks change nothing but the peak memory: every row is ranked alone.
+
+`compiled=True` (GRU4Rec, --step_mode compiled; issue #31): each block is scored, ranked and counted by one
+function under torch.compile (`CompiledBlocks`): Inductor fuses the bias, the comparisons and the counts into
+one pass over the scores. The same ranks (the same product, row by row); 1.4-1.9x the eager blocks at 37.5k
+items, one thread. A failed compilation prints one warning line and evaluates eagerly.
 """
+import sys
+import time
+
 import numpy as np
 import torch
 
@@ -63,9 +71,52 @@ def score_rows(n_items, device):
     return max(1, block // max(n_items, 1))
 
 
+def block_counts(top, weights, bias, targets, k, tie_mode):
+    """(hits, reciprocal-rank sums) per cutoff of k (float64) for a block of GRU4Rec top states `top` (R, L):
+    the ranks of `targets` among the scores top W_y^T + b_y of all items."""
+    ranks = target_ranks(torch.addmm(bias, top, weights.T), targets, tie_mode).double()
+    within = ranks[:, None] <= k
+    return within.sum(0, dtype=torch.float64), torch.where(within, 1.0 / ranks[:, None], 0.0).sum(0, dtype=torch.float64)
+
+
+class CompiledBlocks:
+    """block_counts under torch.compile(fullgraph=True, dynamic=True): one compilation for every block size
+    and item count (a tie mode or cutoff count compiles anew); `failed` after a compilation failed (one
+    warning, then eager). Dynamic shapes measured as fast as one fixed block shape (63.9 / 61.8 ms for 512
+    rows at 37.5k items, one thread), so the blocks are not padded."""
+
+    failed = False
+
+    def __init__(self):
+        self.function = torch.compile(block_counts, fullgraph=True, dynamic=True)
+
+    def __call__(self, model, top, targets, k, tie_mode, rows):
+        """(hits, reciprocal sums) of all rows of a step, in blocks of `rows` rows."""
+        hits = reciprocal = 0
+        for lo in range(0, len(top), rows):
+            h, r = self.function(top[lo:lo + rows], model.Wy, model.By, targets[lo:lo + rows], k, tie_mode)
+            hits, reciprocal = hits + h, reciprocal + r
+        return hits, reciprocal
+
+
+_compiled_blocks = None
+
+
+def compiled_blocks(model):
+    """The compiled block function for a GRU4Rec model, or None (another model, or compiling failed)."""
+    global _compiled_blocks
+    from model import GRU4Rec
+    if not isinstance(model, GRU4Rec) or CompiledBlocks.failed:
+        return None
+    if _compiled_blocks is None:
+        _compiled_blocks = CompiledBlocks()
+    return _compiled_blocks
+
+
 @torch.no_grad()
-def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu'):
+def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu', compiled=False):
     """Evaluate a GRU4Rec model (or a baseline of baselines.py) on a SessionData read with its item map.
+    compiled: score and rank GRU4Rec's blocks with the compiled block function (module docstring).
 
     Returns {'Recall@K': .., 'MRR@K': .., 'n_predictions': .., 'tie_mode': ..}.
     """
@@ -82,6 +133,7 @@ def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_si
     iterator = SessionParallelIterator(data, batch_size)
     rows = score_rows(len(data.item_map), device)
     hidden = model.init_hidden(iterator.n_slots, device)
+    blocks = compiled_blocks(model) if compiled else None
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:
             hidden = [h[keep] for h in hidden]
@@ -89,6 +141,22 @@ def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_si
             hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
         hidden = model.hidden_step(inputs, hidden)
         top = hidden[-1]
+        if blocks is not None:
+            from torch._dynamo.utils import counters
+            graphs, start = counters['stats']['unique_graphs'], time.perf_counter()
+            try:
+                step_hits, step_reciprocal = blocks(model, top, targets, k, tie_mode, rows)
+            except Exception as err:        # no C++ compiler, an operator Inductor cannot take, ...
+                CompiledBlocks.failed, blocks = True, None
+                line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                print(f'warning: the evaluation did not compile ({type(err).__name__}: {line[:160]}); evaluating '
+                      f'eagerly', file=sys.stderr)
+            else:
+                hits += step_hits
+                reciprocal += step_reciprocal
+                if counters['stats']['unique_graphs'] != graphs:
+                    print(f'compiled the evaluation in {time.perf_counter() - start:.1f} s', flush=True)
+                continue
         ranks = torch.cat([target_ranks(model.score_all(top[lo:lo + rows]), targets[lo:lo + rows], tie_mode)
                            for lo in range(0, len(targets), rows)]).double()
         within = ranks[:, None] <= k                               # (M, len(cutoffs))

@@ -105,7 +105,8 @@ def run_eval(args, device):
         print(f'{test_path}: dropped {data.dropped_events:,} clicks on items unknown to the model and '
               f'{data.dropped_sessions:,} sessions left shorter than 2')
     try:
-        metrics = evaluate(model, data, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device)
+        metrics = evaluate(model, data, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
+                           compiled=(args.step_mode or config.get('step_mode')) == 'compiled')
     except ValueError as err:
         raise InputError(f'--load_model {args.load_model}: {err}') from None
     print(f'{args.load_model} (epoch {state["epoch"]}) on {test_path}: {metrics["n_predictions"]:,} predictions, '

@@ -193,7 +193,8 @@ def train(args, config, device, resume=None):
         run_dir = resume[0]
         print(f'resuming {run_dir} after epoch {first - 1}')
     print(f'{name} config: ' + json.dumps(config))
-    step = f'  step: {static_step.mode_in_effect(config, model, optimizer)}' if name == 'GRU4Rec' else ''
+    mode = static_step.mode_in_effect(config, model, optimizer) if name == 'GRU4Rec' else None
+    step = f'  step: {mode}' if mode else ''
     print(f'run folder: {run_dir}  device: {device}  threads: {torch.get_num_threads()}{step}')
     last_good = os.path.join(run_dir, f'model_{first - 1:05d}.pt') if first else None
     metrics = history[-1]['metrics'] if history else None
@@ -214,7 +215,8 @@ def train(args, config, device, resume=None):
                 f'{time.perf_counter() - start:.1f} s  {speed}'
             metrics = None
             if valid is not None:
-                metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device)
+                metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
+                                   compiled=mode == 'compiled')
                 line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
             history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
             path = os.path.join(run_dir, f'model_{epoch:05d}.pt')

@@ -1,5 +1,7 @@
 """evaluation.py: tie modes on hand-made score vectors, and the session-parallel evaluation against a
 brute-force per-session loop written for the test (spec C)."""
+import shutil
+
 import pytest
 import torch
 
@@ -30,6 +32,10 @@ def test_metrics_hit_means_rank_at_most_k():
     assert m['MRR@20'] == pytest.approx((1 + 1 / 5 + 1 / 6 + 1 / 20) / 5)
 
 
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')),
+                                    reason='no C++ compiler for Inductor')
+
+
 def brute_force(model, sessions, tie_mode, cutoffs):
     """One session at a time from a zero state; every click but the first ranked against all items."""
     ranks = []
@@ -48,9 +54,12 @@ def brute_force(model, sessions, tie_mode, cutoffs):
     return metrics_from_ranks(ranks, cutoffs), len(ranks)
 
 
-@pytest.mark.parametrize('mode,layers,block', [('shared', [8], None), ('none', [6, 5], None), ('separate', [7], None),
-                                              ('shared', [8], 12), ('none', [6, 5], 36)])
-def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, mode, layers, block):
+@pytest.mark.parametrize('mode,layers,block,compiled', [
+    ('shared', [8], None, False), ('none', [6, 5], None, False), ('separate', [7], None, False),
+    ('shared', [8], 12, False), ('none', [6, 5], 36, False),
+    pytest.param('shared', [8], 36, True, marks=needs_compiler), pytest.param('separate', [7], None, True, marks=needs_compiler)])
+def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, mode, layers, block, compiled):
+    """Every tie mode; blocks of 1 or 3 rows; `compiled`: the blocks scored, ranked and counted compiled."""
     if block:               # score 1 or 3 rows of a step at a time (SCORE_BLOCK / 12 items)
         monkeypatch.setattr(evaluation, 'SCORE_BLOCK', block)
     n_items = 12
@@ -72,7 +81,7 @@ def test_session_parallel_evaluation_equals_brute_force(tmp_path, monkeypatch, m
         model.Wy[3], model.By[3] = model.Wy[5], model.By[5]                          # identical items: real ties in the scores
     for tie_mode in ('standard', 'conservative', 'median'):
         expected, n = brute_force(model, sessions, tie_mode, (1, 3, 5))
-        got = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=4)
+        got = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=4, compiled=compiled)
         assert got['n_predictions'] == n == sum(len(s) - 1 for s in sessions)
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, abs=1e-12), (tie_mode, key)
@@ -130,3 +139,21 @@ def test_evaluate_ties_at_the_cutoff_in_every_tie_mode(tmp_path):
     median = evaluate(model, data, cutoffs=(3,), tie_mode='median')
     assert standard['Recall@2'] == 1.0 and conservative['Recall@2'] == pytest.approx(1 / 3)   # the tie at K decides
     assert median['MRR@3'] == pytest.approx((1 / 3 + 1 / 2.5 + 1) / 3)
+
+
+def test_a_failed_compilation_of_the_evaluation_falls_back_with_one_warning(tmp_path, monkeypatch, capsys):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError('no working C++ compiler found')
+
+    monkeypatch.setattr(evaluation.CompiledBlocks, 'failed', False)
+    monkeypatch.setattr(evaluation, '_compiled_blocks', None)
+    monkeypatch.setattr(evaluation.CompiledBlocks, '__init__', lambda self: setattr(self, 'function', no_compiler))
+    item_map = ItemMap([f'i{k}' for k in range(9)])
+    data = SessionData(write_split(tmp_path / 't.txt', [(s, f'i{(s * 5 + t * 2) % 9}', 10 * s + t)
+                                                         for s in range(7) for t in range(2 + s % 3)]), item_map=item_map)
+    model = GRU4Rec(9, layers=[5])
+    eager = evaluate(model, data, batch_size=3)
+    assert evaluate(model, data, batch_size=3, compiled=True) == eager
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: the evaluation did not compile (RuntimeError: no working C++ compiler found); evaluating eagerly']
+    assert evaluate(model, data, batch_size=3, compiled=True) == eager and capsys.readouterr().err == ''
