@@ -56,6 +56,7 @@ from evaluation import evaluate  # noqa: E402
 from loss import loss_function  # noqa: E402
 from model import GRU4Rec  # noqa: E402
 from optimizer import AdagradM  # noqa: E402
+from static_step import STEP_MODES  # noqa: E402
 from scripts.bench_train import load_official, official_settings  # noqa: E402
 from scripts.reproduce import prepare_quick_data  # noqa: E402
 from training import train_epoch, training_setup  # noqa: E402
@@ -100,9 +101,9 @@ def variant_config(config, variant):
     return {**DEFAULTS, **config, 'official_quirks': quirks}
 
 
-def our_run(train, test, config, seed, n_epochs, variant):
-    """(Recall@20, MRR@20) of our GRU4Rec in one variant."""
-    config = {**variant_config(config, variant), 'seed': seed, 'n_epochs': n_epochs}
+def our_run(train, test, config, seed, n_epochs, variant, step_mode='fast'):
+    """(Recall@20, MRR@20) of our GRU4Rec in one variant, trained with --step_mode `step_mode`."""
+    config = {**variant_config(config, variant), 'seed': seed, 'n_epochs': n_epochs, 'step_mode': step_mode}
     torch.manual_seed(seed)
     np.random.seed(seed)
     run = training_setup(config, train, 'cpu')
@@ -220,6 +221,8 @@ def main(argv=None):
                    'preprocessed into a temporary folder)')
     p.add_argument('--name', default='rsc15', help='the files\' prefix in --data_folder')
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--step_mode', default='fast', choices=STEP_MODES, help='how our runs compute a step '
+                   '(main.py --step_mode)')
     p.add_argument('--out', help='also write the runs and the lockstep figures to this JSON file')
     args = p.parse_args(argv)
     if args.n_epochs < 1 or args.threads < 1 or args.lockstep < 0:
@@ -248,13 +251,15 @@ def main(argv=None):
         rows = []
         for preset in args.presets:
             sides = ([('official', None)] if official and not args.no_official else []) + \
-                    [(f'ours: {v}', v) for v in args.variants]
+                    [(f'ours: {v}' + ('' if args.step_mode == 'fast' else f' ({args.step_mode})'), v)
+                     for v in args.variants]
             for name, variant in sides:
                 runs = []
                 for seed in args.seeds:
                     start = time.perf_counter()
                     result = official_run(official, *frames, PRESETS[preset], seed, args.n_epochs) \
-                        if variant is None else our_run(train, test, PRESETS[preset], seed, args.n_epochs, variant)
+                        if variant is None else our_run(train, test, PRESETS[preset], seed, args.n_epochs, variant,
+                                                     args.step_mode)
                     runs.append(result)
                     report['runs'].append(dict(preset=preset, code=name, seed=seed, recall=result[0], mrr=result[1],
                                                metrics=result[2] if len(result) > 2 else None))
