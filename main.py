@@ -21,7 +21,7 @@ from devices import make_deterministic, pick_device
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from optimizer import OPTIMIZERS
 from provenance import provenance
-from static_step import STEP_MODES
+from static_step import COMPILED_MODES, STEP_MODES
 from training import resume_run, train
 
 
@@ -64,7 +64,8 @@ def parse_args(argv=None):
     g.add_argument('--step_mode', choices=STEP_MODES, help='fast (default): the hand-written step; plain: forward '
                    '+ autograd; static: the static-shape step (static_step.py, the update of fast to float rounding); compiled: '
                    'the static step under torch.compile (needs a C++ compiler on CPU; falls back to the eager step '
-                   'with one warning). Also with --resume')
+                   'with one warning), and the evaluation compiled; graph / compiled_graph: the static / compiled step '
+                   'captured as a CUDA graph (GPU only). Also with --resume')
     g.add_argument('--official_quirks', nargs='*', metavar='QUIRK', help='the official PyTorch code\'s behaviour '
                    'where ours deliberately differs, by name (' + ', '.join(QUIRKS) + '); the flag alone: all. '
                    'Measured effect: README, "Faithfulness"')
@@ -106,7 +107,7 @@ def run_eval(args, device):
               f'{data.dropped_sessions:,} sessions left shorter than 2')
     try:
         metrics = evaluate(model, data, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
-                           compiled=(args.step_mode or config.get('step_mode')) == 'compiled')
+                           compiled=(args.step_mode or config.get('step_mode')) in COMPILED_MODES)
     except ValueError as err:
         raise InputError(f'--load_model {args.load_model}: {err}') from None
     print(f'{args.load_model} (epoch {state["epoch"]}) on {test_path}: {metrics["n_predictions"]:,} predictions, '

@@ -33,8 +33,10 @@ checked).
 
 Modes (--step_mode, `step_for`): `static` runs this step eagerly, `compiled` under
 torch.compile(fullgraph=True) (Inductor's C++ kernels on CPU, compiled at the first step: 7.3 s in the demo
-run, up to a minute with a cold on-disk cache; a failure falls back to the eager step with one warning line); the
-default stays `fast`. Measured on 2 CPU cores (issue #31, open):
+run, up to a minute with a cold on-disk cache; a failure falls back to the eager step with one warning line);
+`graph` and `compiled_graph` capture the static or compiled step as a CUDA graph and replay it (GraphStep:
+GPU only; its buffer plumbing is tested on the CPU with a stand-in graph API, the capture itself needs a GPU
+and scripts/gpu_check.sh); the default stays `fast`. Measured on 2 CPU cores (issue #31, open):
 * scripts/bench_static_step.py, RSC15 setting (37,500 items, B 32, 2048 samples: U = 1,953 of K = 2,112):
   eager 0.81-0.83x the fast step; compiled 1.15x (1 thread) / 1.16x (2 threads). A profile puts 2.3 of the
   compiled step's 3.2 ms (1 thread) in Inductor's kernels and 0.55 ms in the matrix products; the row
@@ -174,7 +176,10 @@ def init_state(optimizer):
 
 # ---------------------------------------------------------------- the training loop's entry
 
-STEP_MODES = ('fast', 'plain', 'static', 'compiled')
+STEP_MODES = ('fast', 'plain', 'static', 'compiled', 'graph', 'compiled_graph')
+STATIC_MODES = STEP_MODES[2:]                 # the modes of the static step
+GRAPH_MODES = ('graph', 'compiled_graph')     # captured as a CUDA graph (GraphStep)
+COMPILED_MODES = ('compiled', 'compiled_graph')   # these also evaluate compiled (evaluation.CompiledBlocks)
 
 
 def supported(model, optimizer):
@@ -221,32 +226,129 @@ class CompiledStep:
         return out
 
 
+class CudaGraphs:
+    """What GraphStep needs of CUDA graphs: a context for the warm-up calls (a side stream, as torch's CUDA
+    graph notes ask) and the capture of a function (recorded, not run: nothing changes until a replay)."""
+
+    @staticmethod
+    def warmup():
+        import contextlib
+        stack = contextlib.ExitStack()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        stack.enter_context(torch.cuda.stream(side))
+        stack.callback(lambda: torch.cuda.current_stream().wait_stream(side))
+        return stack
+
+    @staticmethod
+    def capture(function):
+        """(graph with .replay(), what the function returned: tensors the replays write into)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = function()
+        return graph, out
+
+
+class GraphStep:
+    """A step function (`static_step`, or a CompiledStep) captured whole as a CUDA graph and replayed: one
+    launch a step. The first WARMUP calls of a setting run the function itself (compilation, cuBLAS
+    workspaces); the next one captures it with static input buffers and replays; every later call copies its
+    inputs (items, candidates, reset mask, logQ column, hidden state) into those buffers and replays.
+    Returns the graph's own output tensors: the loss and hidden state of a step are overwritten by the next
+    replay (the training loop reads the loss at once and passes the hidden state back). One setting is kept
+    (a new model, optimiser, loss or batch shape captures anew and frees the old graph). A capture that
+    fails prints one warning line and the function runs uncaptured from then on (`failed`); nothing has
+    changed when a capture fails. `graphs`: the CUDA graph API (CudaGraphs; the tests give a CPU stand-in)."""
+
+    WARMUP = 3
+    failed = False
+
+    def __init__(self, function, graphs=CudaGraphs):
+        self.function, self.graphs = function, graphs
+        self.key, self.calls, self.captured = None, 0, None
+
+    def __call__(self, model, optimizer, loss, inputs, hidden, candidates, reset, correction=None):
+        if GraphStep.failed:
+            return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
+        key = (id(model), id(optimizer), id(loss), len(inputs), len(candidates), correction is None)
+        if key != self.key:
+            self.key, self.calls, self.captured = key, 0, None
+        if self.captured is None and self.calls < self.WARMUP:
+            self.calls += 1
+            with self.graphs.warmup():
+                return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
+        if self.captured is None:
+            b_inputs, b_candidates, b_reset = (t.clone() for t in (inputs, candidates, reset))
+            b_hidden = [h.clone() for h in hidden]
+            b_correction = None if correction is None else correction.clone()
+            try:
+                graph, out = self.graphs.capture(lambda: self.function(model, optimizer, loss, b_inputs, b_hidden,
+                                                                       b_candidates, b_reset, b_correction))
+            except Exception as err:        # an operation that cannot be captured, out of memory, ...
+                GraphStep.failed = True
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                print(f'warning: the static step could not be captured as a CUDA graph ({type(err).__name__}: '
+                      f'{first[:160]}); training without the graph', file=sys.stderr)
+                return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
+            self.captured = (graph, (b_inputs, b_candidates, b_reset, b_hidden, b_correction), out)
+        graph, (b_inputs, b_candidates, b_reset, b_hidden, b_correction), out = self.captured
+        b_inputs.copy_(inputs)
+        b_candidates.copy_(candidates)
+        b_reset.copy_(reset)
+        if correction is not None:
+            b_correction.copy_(correction)
+        for buffer, h in zip(b_hidden, hidden):
+            buffer.copy_(h)
+        graph.replay()
+        return out
+
+
 _compiled = None
+_graphs = {}                    # --step_mode -> its GraphStep (the capture lives across epochs)
+GRAPH_API = CudaGraphs
+_warned = set()
+
+
+def graphs_possible(model):
+    """CUDA graphs need the model on a CUDA device."""
+    return model.Wy.is_cuda
 
 
 def step_for(mode, model, optimizer):
     """The step function of --step_mode `mode` for this run, or None for the fast / plain step (also where
-    the static step does not cover the model or optimiser, or where compiling failed)."""
+    the static step does not cover the model or optimiser, where compiling failed, and for the graph modes
+    on a CPU)."""
     global _compiled
-    if mode not in ('static', 'compiled') or not supported(model, optimizer):
+    if mode not in STATIC_MODES or not supported(model, optimizer) or mode in GRAPH_MODES and not graphs_possible(model):
         return None
     init_state(optimizer)
     if mode == 'static':
         return static_step
+    if mode == 'graph':
+        return _graphs.setdefault(mode, GraphStep(static_step, GRAPH_API))
     if CompiledStep.failed:
         return None
     if _compiled is None:
         _compiled = CompiledStep()
+    if mode == 'compiled_graph':
+        return _graphs.setdefault(mode, GraphStep(_compiled, GRAPH_API))
     return _compiled
 
 
 def mode_in_effect(config, model, optimizer):
     """The step mode a run trains with: --step_mode, unless the model or optimiser is not covered (fast, or
-    plain where the fast step does not apply either) or --no-fast_step asks for plain."""
+    plain where the fast step does not apply either), --no-fast_step asks for plain, or a graph mode meets a
+    model off CUDA (fast, with one warning line a process)."""
     fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
     mode = config.get('step_mode', 'fast')
     if not fast:
         return 'plain'
-    if mode in ('static', 'compiled') and not supported(model, optimizer):
+    if mode in STATIC_MODES and not supported(model, optimizer):
+        return 'fast'
+    if mode in GRAPH_MODES and not graphs_possible(model):
+        if mode not in _warned:
+            _warned.add(mode)
+            print(f'warning: --step_mode {mode} needs a CUDA device (CUDA graphs); training with the fast step',
+                  file=sys.stderr)
         return 'fast'
     return mode

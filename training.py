@@ -216,7 +216,7 @@ def train(args, config, device, resume=None):
             metrics = None
             if valid is not None:
                 metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
-                                   compiled=mode == 'compiled')
+                                   compiled=mode in static_step.COMPILED_MODES)
                 line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
             history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
             path = os.path.join(run_dir, f'model_{epoch:05d}.pt')

@@ -235,3 +235,121 @@ def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(t
         eager.append(train_epoch(*run, dict(config, step_mode='static'), 'cpu', max_steps=3)[0])
     assert losses[2] == eager[1] and losses[0] == pytest.approx(eager[0], rel=1e-5) and eager[0] != eager[1]
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- CUDA graph replay, with a CPU stand-in
+
+class ReplayOnCPU:
+    """The CUDA graph API of static_step.GraphStep on the CPU: capture records the function without its effects
+    (the model, optimiser and RNG put back, as a CUDA capture runs nothing), replay runs it and writes its
+    results into the captured outputs, as a graph's kernels write into their fixed buffers."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer, self.captures, self.replays = model, optimizer, 0, 0
+
+    def warmup(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def capture(self, function):
+        tensors = list(self.model.parameters()) + [t for s in self.optimizer.state.values() for t in s.values()]
+        saved, rng = [t.clone() for t in tensors], torch.get_rng_state()
+        out = function()
+        with torch.no_grad():
+            for t, value in zip(tensors, saved):
+                t.copy_(value)
+        torch.set_rng_state(rng)
+        self.captures += 1
+        outer = self
+
+        class Graph:
+            def replay(self):
+                outer.replays += 1
+                loss, hidden = function()
+                out[0].copy_(loss)
+                for buffer, h in zip(out[1], hidden):
+                    buffer.copy_(h)
+        return Graph(), out
+
+
+def test_graph_step_replays_the_static_step_bit_for_bit(train, monkeypatch):
+    """30 training steps through GraphStep (3 warm-up calls, one capture, replays fed through its input
+    buffers: items, candidates, reset masks at session starts, logQ, the hidden state) end where 30 static
+    steps end, bit for bit; a second model captures anew."""
+    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
+    runs = []
+    for graph in (False, True):
+        torch.manual_seed(config['seed'])
+        model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
+        static_step.init_state(optimizer)
+        api = ReplayOnCPU(model, optimizer)
+        step = static_step.GraphStep(static_step.static_step, api) if graph else static_step.static_step
+        hidden, losses = model.init_hidden(iterator.n_slots, 'cpu'), []
+        for n, (inputs, targets, reset, keep) in enumerate(iterator.torch_steps('cpu')):
+            if n == 30:
+                break
+            assert keep is None
+            samples = sampler.next()
+            candidates = torch.cat([targets, samples])
+            correction = torch.cat([logq[0][targets], logq[1][samples]])
+            reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+            value, hidden = step(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
+            losses.append(value.item())
+        runs.append((losses, {k: v.clone() for k, v in model.state_dict().items()}, [h.clone() for h in hidden]))
+    assert api.captures == 1 and api.replays == 30 - static_step.GraphStep.WARMUP
+    assert runs[0][0] == runs[1][0]
+    for name, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][name]), name
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][2], runs[1][2]))
+
+
+def test_graph_modes_in_the_training_loop_and_their_fallbacks(train, monkeypatch, capsys):
+    """--step_mode graph in train_epoch (the epoch's tail on the fast step, the loss read from the graph's
+    output at once) gives the static mode's epoch bit for bit; on a CPU model the graph modes warn once and
+    train with the fast step; a capture that fails warns once and runs the step uncaptured."""
+    from training import train_epoch
+    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
+    torch.manual_seed(config['seed'])
+    static = train_epoch(*training_setup(config, train, 'cpu'), dict(config, step_mode='static'), 'cpu')
+    monkeypatch.setattr(static_step, '_graphs', {})
+    monkeypatch.setattr(static_step, '_warned', set())
+    torch.manual_seed(config['seed'])
+    run = training_setup(config, train, 'cpu')
+    api = ReplayOnCPU(run[0], run[1])
+    monkeypatch.setattr(static_step, 'GRAPH_API', api)
+    monkeypatch.setattr(static_step, 'graphs_possible', lambda model: True)
+    assert static_step.mode_in_effect(dict(config, step_mode='graph'), run[0], run[1]) == 'graph'
+    assert train_epoch(*run, dict(config, step_mode='graph'), 'cpu') == static
+    assert api.captures == 1 and api.replays > 20
+
+    monkeypatch.undo()
+    monkeypatch.setattr(static_step, '_warned', set())
+    torch.manual_seed(config['seed'])
+    fast = train_epoch(*training_setup(config, train, 'cpu'), config, 'cpu', max_steps=20)
+    for mode in ('graph', 'graph', 'compiled_graph'):
+        torch.manual_seed(config['seed'])
+        run = training_setup(config, train, 'cpu')
+        assert static_step.mode_in_effect(dict(config, step_mode=mode), run[0], run[1]) == 'fast'
+        assert train_epoch(*run, dict(config, step_mode=mode), 'cpu', max_steps=20) == fast
+    assert capsys.readouterr().err.splitlines() == [
+        f'warning: --step_mode {m} needs a CUDA device (CUDA graphs); training with the fast step'
+        for m in ('graph', 'compiled_graph')]
+
+    def refuse(function):
+        raise RuntimeError('operation not permitted when stream is capturing')
+
+    class Refusing(ReplayOnCPU):
+        capture = staticmethod(refuse)
+
+    monkeypatch.setattr(static_step.GraphStep, 'failed', False)
+    torch.manual_seed(config['seed'])
+    reference = train_epoch(*training_setup(config, train, 'cpu'), dict(config, step_mode='static'), 'cpu', max_steps=20)
+    torch.manual_seed(config['seed'])
+    run = training_setup(config, train, 'cpu')
+    static_step.init_state(run[1])
+    step = static_step.GraphStep(static_step.static_step, Refusing(run[0], run[1]))
+    monkeypatch.setattr(static_step, 'step_for', lambda *args: step)
+    assert train_epoch(*run, dict(config, step_mode='graph'), 'cpu', max_steps=20) == reference
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: the static step could not be captured as a CUDA graph (RuntimeError: operation not permitted '
+        'when stream is capturing); training without the graph']
