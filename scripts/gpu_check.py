@@ -19,8 +19,15 @@ Steps (D = --device):
      device repeats itself), the gradients equal to 1e-3 of the largest (1e-5 on the CPU), the losses to
      1e-5. Whole runs are not compared: training is chaotic in rounding (a 1e-7 relative change of the
      weights grows to 1.4 after 50 steps), and the two paths' kernels round differently on a GPU;
-  8. one epoch of every other model (baselines and comparison models) on D, evaluated;
-  9. scripts/bench_train.py --quick --device D: events/s, evaluation predictions/s, peak GPU memory.
+  8. the static-step modes of issue #31 (static, compiled, and on a GPU graph and compiled_graph) against
+     the fast step on D: from the state after `before` steps of the mode (5 and 200: a graph mode's
+     compared step is a replay), one step of each from copies of one state (XE at 100 units, BPR-max with
+     ELU at 512; dropout off, as a CUDA graph draws its own numbers): weights and optimiser state within
+     1e-5 of the largest value (the updates themselves are reported too), losses within 1e-5;
+  9. one epoch of every other model (baselines and comparison models) on D, evaluated;
+ 10. scripts/bench_train.py --quick --device D: events/s, evaluation predictions/s, peak GPU memory;
+ 11. on a GPU, scripts/bench_static_step.py --device D over the six paramfiles at 37,500 items: every step
+     mode's events/s and its first call (compilation, capture).
 The report (markdown: date, device, one row per check, the benchmark's table) goes to --report (default
 benchmarks/GPU.md for cuda, none for cpu). Exit status 1 when a check fails; every step runs regardless.
 """
@@ -84,6 +91,44 @@ for preset in ('rsc15_xe_shared_100', 'diginetica_bprmax_shared'):
         gap = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(grad_f, grad_p))
         print(preset, before, int(same_start), abs(loss_f - loss_p) / abs(loss_p), gap)
 '''
+
+
+def step_mode_gaps(train_file, device, modes, befores, overrides):
+    """{mode: (largest difference of weights and optimiser state / their largest value, of the updates / the
+    largest update, of the losses)} between one step of the mode and one fast step from copies of one state
+    (the state after `before` steps of the mode), over the XE and BPR-max paramfiles (gpu_check step 8)."""
+    import copy
+    from config import DEFAULTS, PRESETS
+    from dataset import SessionData
+    from training import train_epoch, training_setup
+    data = SessionData(train_file)
+    worst = {}
+
+    def gap(a, b):
+        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    for preset in ('rsc15_xe_shared_100', 'diginetica_bprmax_shared'):
+        config = {**DEFAULTS, **PRESETS[preset], 'sample_store': 100_000, 'dropout_input': 0.0,
+                  'dropout_hidden': 0.0, **overrides}
+        for mode in modes:
+            for before in befores:
+                torch.manual_seed(config['seed'])
+                run = training_setup(config, data, device)
+                model, optimizer, loss_fn, iterator, sampler, logq = run
+                train_epoch(*run, dict(config, step_mode=mode), device, max_steps=before)
+                start = [t.detach().clone() for t in model.parameters()]
+                twin_model, twin_optimizer, twin_sampler = copy.deepcopy((model, optimizer, sampler))
+                loss = train_epoch(*run, dict(config, step_mode=mode), device, max_steps=1)[0]
+                fast = train_epoch(twin_model, twin_optimizer, loss_fn, iterator, twin_sampler, logq,
+                                   dict(config, step_mode='fast'), device, max_steps=1)[0]
+                pairs = list(zip(model.parameters(), twin_model.parameters()))
+                state = max([gap(a, b) for a, b in pairs] + [gap(optimizer.state[a][k], twin_optimizer.state[b][k])
+                                                             for a, b in pairs for k in ('acc', 'velocity')
+                                                             if twin_optimizer.state[b][k].abs().max() > 0])
+                update = max(gap(a - s0, b - s0) for (a, b), s0 in zip(pairs, start))
+                gaps = (state, update, abs(loss - fast) / abs(fast))
+                worst[mode] = tuple(max(x, y) for x, y in zip(worst.get(mode, (0, 0, 0)), gaps))
+    return worst
 
 
 class Checks:
@@ -232,6 +277,19 @@ def checks(args, folder):
                     f'{loss_gap:.1e} (<= 1e-5)')
     report.run(f'fast vs plain training step on {device}', fast_vs_plain)
 
+    def step_modes():
+        modes = ['static', 'compiled'] + (['graph', 'compiled_graph'] if device != 'cpu' else [])
+        overrides = dict(layers=[16], batch_size=16, n_sample=32) if args.quick else {}
+        befores = (5, 20) if args.quick else (5, 200)
+        with contextlib.redirect_stdout(io.StringIO()):          # "compiled the static step in ..."
+            worst = step_mode_gaps(os.path.join(data, 'rsc15_train_full.txt'), device, modes, befores, overrides)
+        ok = all(state <= 1e-5 and loss <= 1e-5 for state, _, loss in worst.values())
+        return ok, ('one step of each mode and of the fast step from one state (XE at 100 units, BPR-max at 512, '
+                    f'dropout off; after {befores[0]} and {befores[1]} steps), largest difference / largest value: '
+                    + '; '.join(f'{mode}: weights and optimiser state {state:.1e}, updates {update:.1e}, loss '
+                                f'{loss:.1e}' for mode, (state, update, loss) in worst.items()) + ' (<= 1e-5 but the updates)')
+    report.run(f'static-step modes vs the fast step on {device}', step_modes)
+
     def other_models():
         done = []
         for name in MODELS[1:]:
@@ -258,6 +316,19 @@ def checks(args, folder):
                       f'{cell.get("eval predictions/s", "?")} predictions/s (table below)')
     report.run(f'scripts/bench_train.py --quick --device {device}', benchmark)
     report.bench = bench
+    modes_table = []
+
+    def modes_benchmark():
+        out = python(['scripts/bench_static_step.py', '--device', device, '--threads', '1', '--steps', '100',
+                      '--presets', 'rsc15_xe_shared_100', 'yoochoose_xe_shared', 'rees46_xe_shared', 'coveo_bprmax_shared',
+                      'retailrocket_bprmax_shared', 'diginetica_bprmax_shared'])
+        modes_table.extend(line for line in out.splitlines() if line.startswith('|'))
+        rsc15 = {row.split('|')[4].strip(): row.split('|')[7].strip() for row in modes_table[2:]
+                 if row.split('|')[1].strip() == 'rsc15_xe_shared_100'}
+        return True, 'rsc15_xe_shared_100 events/s: ' + ', '.join(f'{m} {v}' for m, v in rsc15.items()) + ' (table below)'
+    if device != 'cpu':
+        report.run(f'scripts/bench_static_step.py --device {device} (37,500 items, every step mode)', modes_benchmark)
+    report.modes_table = modes_table
     return report, device
 
 
@@ -268,6 +339,8 @@ def write_report(path, report, device, args, seconds):
     lines += [f'| {step} | {mark} | {detail} |' for step, mark, detail in report.rows]
     if getattr(report, 'bench', None):
         lines += ['', '`scripts/bench_train.py --quick`:', ''] + report.bench
+    if getattr(report, 'modes_table', None):
+        lines += ['', '`scripts/bench_static_step.py` (37,500 items, random batches):', ''] + report.modes_table
     text = '\n'.join(lines) + '\n'
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -17,11 +17,11 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     text = report.read_text()
     rows = [line for line in text.splitlines() if line.startswith('| ') and not line.startswith('| check')]
     checks = [row for row in rows if row.split('|')[2].strip() in ('ok', 'info', 'FAIL')]
-    assert len(checks) == 9 and all(row.split('|')[2].strip() != 'FAIL' for row in checks), text
+    assert len(checks) == 10 and all(row.split('|')[2].strip() != 'FAIL' for row in checks), text
     for expected in ('torch ', 'Recall@20', 'largest metric difference 0.00e+00', "weights on ['cpu']",
                      'largest weight difference 0.00e+00', 'equal bits required',
                      'the states equal bits yes', 'largest gradient difference',
-                     'GRU4RecPlus R@20', '| rsc15_xe_shared_100 |'):
+                     'GRU4RecPlus R@20', '| rsc15_xe_shared_100 |', 'compiled: weights and optimiser state'):
         assert expected in text, expected
     assert re.search(r'fast [0-9,]+ events/s, evaluation [0-9,]+ predictions/s', text), text   # cells by name
     assert 'all checks passed' in result.stdout
