@@ -93,6 +93,8 @@ from optimizer import AdagradM  # noqa: E402
 import preprocessing  # noqa: E402
 from scripts.make_synthetic import generate, write_raw  # noqa: E402
 from scripts.reproduce import prepare_quick_data  # noqa: E402
+import static_step  # noqa: E402
+from static_step import STEP_MODES  # noqa: E402
 from training import train_epoch, training_setup  # noqa: E402
 
 RSC15 = PRESETS['rsc15_xe_shared_100']
@@ -403,20 +405,30 @@ def epoch_store(config, data):
     return {**config, 'sample_store': max(1, config['n_sample'] * (steps + steps // 10 + 1))}
 
 
-def official_comparison(module, path, settings, device, rounds):
-    """{setting: {'official', 'fast', 'roofline'} -> events/s per round} on the training split in `path`."""
+def official_comparison(module, path, settings, device, rounds, modes=('fast',)):
+    """{setting: ({'official', each of `modes`, 'roofline'} -> events/s per round, {mode: seconds compiling})}
+    on the training split in `path`; `modes` are --step_mode values of ours."""
     frame = pd.read_csv(os.path.join(path, 'rsc15_train_full.txt'), sep='\t',
                         dtype={'SessionId': 'int64', 'ItemId': 'int64', 'Time': 'float64'})
     data = SessionData(os.path.join(path, 'rsc15_train_full.txt'))
     results = {}
     for setting in settings:
         config = epoch_store({**DEFAULTS, **SETTINGS[setting]}, data)
-        speeds = alternating({'official': lambda: official_epoch(module, frame, config, device),
-                              'fast': lambda: our_epoch(data, config, device, True),
-                              'roofline': lambda: roofline(config, device)[0]}, rounds)
-        results[setting] = speeds
-        print(f'  {setting}: official {max(speeds["official"]):,.0f}, fast {max(speeds["fast"]):,.0f}, '
-              f'roofline {max(speeds["roofline"]):,.0f} events/s', flush=True)
+        compiled = {}
+
+        def ours(mode):
+            before = len(static_step.COMPILE_SECONDS)
+            speed = our_epoch(data, dict(config, step_mode=mode), device, True)
+            compiled[mode] = compiled.get(mode, 0.0) + sum(static_step.COMPILE_SECONDS[before:])
+            return speed
+        timed = {'official': lambda: official_epoch(module, frame, config, device)}
+        timed.update({mode: lambda mode=mode: ours(mode) for mode in modes})
+        timed['roofline'] = lambda: roofline(config, device)[0]
+        speeds = alternating(timed, rounds)
+        results[setting] = (speeds, compiled)
+        print(f'  {setting}: official {max(speeds["official"]):,.0f}, ' +
+              ', '.join(f'{mode} {max(speeds[mode]):,.0f}' for mode in modes) +
+              f', roofline {max(speeds["roofline"]):,.0f} events/s', flush=True)
     return data, results
 
 
@@ -431,14 +443,14 @@ def roofline_cells(config, speeds):
     return f'{best:,.0f} | {flops / 1e9:.3f} | {flops * best / config["batch_size"] / 1e9:.1f}'
 
 
-def target_cells(config, speeds):
+def target_cells(config, speeds, ours='fast'):
     """'target events/s | target / roofline | ms a step beside the products now | ms the target leaves
     them' of a row (best rounds): issue #17's target is 2x the official code where the official code is
     below half the roofline, else 80% of the roofline. "Beside the products" is a step's time minus the
     roofline's (the gathers, gates, loss, optimiser: everything but the matrix products at the
     machine's rate), so the last two cells say how much of that part the target needs cut (the target
     never passes the roofline, so the last cell is >= 0)."""
-    official, fast, roof = max(speeds['official']), max(speeds['fast']), max(speeds['roofline'])
+    official, fast, roof = max(speeds['official']), max(speeds[ours]), max(speeds['roofline'])
     target = 2 * official if official < roof / 2 else 0.8 * roof
     ms = 1000 * config['batch_size']
     return (f'{target:,.0f} | {target / roof:.2f} | {ms * (1 / fast - 1 / roof):.1f} | '
@@ -462,10 +474,11 @@ def earliest_sessions(path, n_events):
 
 
 def against_official(code, devices, quick, rounds, only=None, first=None,
-                     synthetic_events=OFFICIAL_SYNTHETIC_EVENTS):
+                     synthetic_events=OFFICIAL_SYNTHETIC_EVENTS, modes=('fast',)):
     """--official_code: whole first epochs against the official code and the roofline, alternating; the
     rows of table_rows(True, ...) on the real sample and on the earliest sessions of the synthetic split
-    (about `synthetic_events` clicks)."""
+    (about `synthetic_events` clicks); a row per --step_mode of `modes` (its compilation, in its first round,
+    in the compile column; the best round is a later one)."""
     module = load_official(code)
     print(f'official code from {code}; {rounds} alternating rounds of whole first epochs of fresh models '
           '(set-up excluded) and of the roofline; best round, ratios the median of per-round ratios', flush=True)
@@ -477,21 +490,23 @@ def against_official(code, devices, quick, rounds, only=None, first=None,
                 path = earliest_sessions(path, synthetic_events)
             for device in devices:
                 settings = rows['synthetic' if name == 'synthetic' else 'sample']
-                data, results = official_comparison(module, path, settings, device, rounds)
-                table += [(name, data, device, setting, speeds) for setting, speeds in results.items()]
+                data, results = official_comparison(module, path, settings, device, rounds, modes)
+                table += [(name, data, device, setting, speeds, compiled)
+                          for setting, (speeds, compiled) in results.items()]
     print(f'\n{torch.get_num_threads()} threads\n')
     print('| data | items | targets an epoch | device | setting | layers / batch / n_sample / loss | '
-          'official code events/s | fast events/s | fast / official | roofline events/s | GFLOP a step | '
-          'roofline GFLOP/s | fast / roofline | official / roofline | target events/s | target / roofline | '
-          'ms a step beside the products | ms the target leaves them |')
-    print('|---' * 18 + '|')
-    for name, data, device, setting, speeds in table:
+          'official code events/s | step mode | ours events/s | ours / official | compile (s) | roofline events/s | '
+          'GFLOP a step | roofline GFLOP/s | ours / roofline | official / roofline | target events/s | '
+          'target / roofline | ms a step beside the products | ms the target leaves them |')
+    print('|---' * 20 + '|')
+    for name, data, device, setting, speeds, compiled in table:
         config = {**DEFAULTS, **SETTINGS[setting]}
-        print(f'| {name} | {len(data.item_map):,} | {data.n_events - data.n_sessions:,} | {device} | {setting} | '
-              f'{describe(config)} | {max(speeds["official"]):,.0f} | {max(speeds["fast"]):,.0f} | '
-              f'{median_ratio(speeds, "fast", "official"):.2f} | {roofline_cells(config, speeds)} | '
-              f'{median_ratio(speeds, "fast", "roofline"):.2f} | {median_ratio(speeds, "official", "roofline"):.2f} | '
-              f'{target_cells(config, speeds)} |')
+        for mode in modes:
+            print(f'| {name} | {len(data.item_map):,} | {data.n_events - data.n_sessions:,} | {device} | {setting} | '
+                  f'{describe(config)} | {max(speeds["official"]):,.0f} | {mode} | {max(speeds[mode]):,.0f} | '
+                  f'{median_ratio(speeds, mode, "official"):.2f} | {compiled.get(mode, 0.0):.1f} | '
+                  f'{roofline_cells(config, speeds)} | {median_ratio(speeds, mode, "roofline"):.2f} | '
+                  f'{median_ratio(speeds, "official", "roofline"):.2f} | {target_cells(config, speeds, mode)} |')
 
 
 def subset(data, n_events):
@@ -561,13 +576,15 @@ def run(argv=None):
     p.add_argument('--official_events', type=int, default=OFFICIAL_SYNTHETIC_EVENTS, help='--official_code: '
                    'clicks of the synthetic split it trains on (its earliest sessions; default %(default)s, '
                    '18.8k items; 1M: 37.6k items, the synthetic rows taking 8x as long)')
+    p.add_argument('--modes', nargs='+', default=['fast'], choices=STEP_MODES, metavar='MODE',
+                   help='--official_code: a row per --step_mode of ours (default fast; e.g. fast compiled)')
     args = p.parse_args(argv)
     gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
     devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
         [pick_device(args.device)]
     if args.official_code:
         against_official(args.official_code, devices, args.quick, args.rounds or 3, args.rows, args.settings,
-                         args.official_events)
+                         args.official_events, args.modes)
     elif args.full_scale:
         for device in devices:
             full_scale(args.full_scale, device, args.steps or 2000)
