@@ -42,8 +42,10 @@ Data: the real 84k-click sample (../shared/data/yoochoose-clicks-sample.dat, pre
 folder; the synthetic demo data when absent) and a synthetic split with about 38.7k training items (the
 RSC15 item count; scripts/make_synthetic.py).
 Evaluation = predictions per second over the test split (all items ranked, batch 512) on the first row
-of each data set, beside the rate the score product alone allows (an addmm of 512 states by all items,
-timed alone): no exact full ranking can beat that bound.
+of each data set, eager and compiled (evaluate(compiled=True), as --step_mode compiled evaluates; its
+compilation in an untimed call before), beside the rate the score product alone allows (an addmm of 512
+states by all items, timed alone): no exact full ranking can beat that bound by much (the compiled blocks
+can: Inductor adds the bias inside its own pass, not in the product).
 --official_code DIR: against the official PyTorch code itself, from your own clone of
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
 fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and the roofline (3
@@ -268,12 +270,17 @@ def roofline(config, device='cpu', timer=gemm_seconds):
 
 
 def eval_speeds(model, test, device):
-    """(predictions/s of evaluate over the test split, predictions/s the score product alone allows)."""
-    sync(device)
-    start = time.perf_counter()
-    result = evaluate(model, test, batch_size=512, device=device)
-    sync(device)
-    speed = result['n_predictions'] / (time.perf_counter() - start)
+    """(predictions/s of evaluate over the test split, the same compiled (evaluate(compiled=True), after a
+    compiling call on a few sessions), predictions/s the score product alone allows)."""
+    speeds = []
+    for compiled in (False, True):
+        if compiled:
+            evaluate(model, subset(test, 2000), batch_size=512, device=device, compiled=True)
+        sync(device)
+        start = time.perf_counter()
+        result = evaluate(model, test, batch_size=512, device=device, compiled=compiled)
+        sync(device)
+        speeds.append(result['n_predictions'] / (time.perf_counter() - start))
     h = torch.randn(512, model.layers[-1], device=device)
     out = torch.empty(512, model.n_items, device=device)
     weights, bias = model.Wy.detach().T.contiguous(), model.By.detach()
@@ -283,7 +290,7 @@ def eval_speeds(model, test, device):
     for _ in range(5):
         torch.addmm(bias, h, weights, out=out)
     sync(device)
-    return speed, 5 * 512 / (time.perf_counter() - start)
+    return speeds[0], speeds[1], 5 * 512 / (time.perf_counter() - start)
 
 
 def datasets(folder, synthetic=True, synthetic_sessions=800_000):
@@ -329,16 +336,16 @@ def full_scale(folder, device, steps):
     config = {**DEFAULTS, **RSC15}
     run = prepared(train, config, device, None, True, warmup=50)
     train_speed = epoch_speed(run, steps)
-    eval_speed, bound = eval_speeds(run[0], subset(test, 100_000), device)
+    eval_speed, compiled_eval, bound = eval_speeds(run[0], subset(test, 100_000), device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     gpu = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
     print(f'\n{folder}: {train.n_events:,} training events, {len(train.item_map):,} items, '
           f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, {torch.get_num_threads()} threads\n')
-    print('| training events/s | epoch (min, at that speed) | eval predictions/s | score-product bound | '
-          'peak RSS (GB) | peak GPU memory (GB) |')
-    print('|---|---|---|---|---|---|')
-    print(f'| {train_speed:,.0f} | {train.n_events / train_speed / 60:,.1f} | {eval_speed:,.0f} | {bound:,.0f} | '
-          f'{peak:.2f} | {"-" if gpu is None else f"{gpu:.2f}"} |')
+    print('| training events/s | epoch (min, at that speed) | eval predictions/s | compiled eval predictions/s | '
+          'score-product bound | peak RSS (GB) | peak GPU memory (GB) |')
+    print('|---|---|---|---|---|---|---|')
+    print(f'| {train_speed:,.0f} | {train.n_events / train_speed / 60:,.1f} | {eval_speed:,.0f} | {compiled_eval:,.0f} | '
+          f'{bound:,.0f} | {peak:.2f} | {"-" if gpu is None else f"{gpu:.2f}"} |')
 
 
 class _SeriesTolerantTorch(types.ModuleType):
@@ -546,10 +553,11 @@ def default_table(devices, quick, steps, rounds, only=None, first=None, syntheti
     print()
     print('| data | items | device | setting | layers / batch / n_sample / loss | fast events/s | plain events/s | '
           'official-style events/s | fast / plain | fast / official-style | roofline events/s | GFLOP a step | '
-          'roofline GFLOP/s | fast / roofline | eval predictions/s | score-product bound | peak GPU memory (GiB) |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+          'roofline GFLOP/s | fast / roofline | eval predictions/s | compiled eval predictions/s | score-product bound | '
+          'peak GPU memory (GiB) |')
+    print('|---' * 18 + '|')
     for name, items, device, setting, config, speeds, evaluation, peak in table:
-        ev = f'{evaluation[0]:,.0f} | {evaluation[1]:,.0f}' if evaluation else ' | '
+        ev = ' | '.join(f'{x:,.0f}' for x in evaluation) if evaluation else ' | | '
         print(f'| {name} | {items:,} | {device} | {setting} | {describe(config)} | {max(speeds["fast"]):,.0f} | '
               f'{max(speeds["plain"]):,.0f} | {max(speeds["official"]):,.0f} | '
               f'{median_ratio(speeds, "fast", "plain"):.2f} | {median_ratio(speeds, "fast", "official"):.2f} | '

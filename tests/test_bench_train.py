@@ -54,8 +54,8 @@ def test_three_implementations_train_and_are_timed(split):
     assert set(speeds) == {'fast', 'plain', 'official', 'roofline'}
     assert all(len(v) == 2 and min(v) > 0 for v in speeds.values())
     assert not torch.equal(model.Wy, build_model(config, len(train.item_map), 'cpu').Wy)   # it trained
-    evaluated, bound = bench_train.eval_speeds(model, test, 'cpu')
-    assert evaluated > 0 and bound > 0
+    evaluated, compiled, bound = bench_train.eval_speeds(model, test, 'cpu')
+    assert evaluated > 0 and compiled > 0 and bound > 0
 
 
 def test_subset_keeps_whole_first_sessions(split):
@@ -255,6 +255,7 @@ def test_default_table_runs_the_rows_asked_for(split_folder, monkeypatch, capsys
         {**DEFAULTS, **bench_train.SETTINGS['rsc15_n_sample_0']}) / 1e9, abs=5e-4)
     assert float(row['roofline events/s'].replace(',', '')) > 0 and float(row['fast / roofline']) > 0
     assert float(row['eval predictions/s'].replace(',', '')) > 0
+    assert float(row['compiled eval predictions/s'].replace(',', '')) > 0
 
 
 def test_official_table_has_the_roofline_columns(split_folder, tmp_path, monkeypatch, capsys):
