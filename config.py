@@ -27,7 +27,7 @@ MODELS = ('GRU4Rec',) + tuple(OTHER_MODELS)
 DEFAULTS = dict(loss_type='cross-entropy', final_act='softmax', layers=[100], batch_size=32,
                 dropout_input=0.0, dropout_hidden=0.0, lr=0.1, momentum=0.0, n_sample=2048, sample_alpha=0.5,
                 bpreg=1.0, logq=0.0, constrained_embedding=True, embedding_dim=0, n_epochs=10,
-                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True, step_mode='fast',
+                optimizer_type='AdagradM', seed=42, sample_store=10_000_000, fast_step=True, step_mode='auto',
                 official_quirks=[])
 
 # --official_quirks: the official PyTorch code's behaviour where ours deliberately differs (training.py's

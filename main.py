@@ -61,11 +61,13 @@ def parse_args(argv=None):
     g.add_argument('--sample_store', type=int, help='negatives generated at once')
     g.add_argument('--fast_step', action=argparse.BooleanOptionalAction,
                    help='train with the hand-written backward (same numbers; --no-fast_step = plain autograd)')
-    g.add_argument('--step_mode', choices=STEP_MODES, help='fast (default): the hand-written step; plain: forward '
-                   '+ autograd; static: the static-shape step (static_step.py, the update of fast to float rounding); compiled: '
-                   'the static step under torch.compile (needs a C++ compiler on CPU; falls back to the eager step '
-                   'with one warning), and the evaluation compiled; graph / compiled_graph: the static / compiled step '
-                   'captured as a CUDA graph (GPU only). Also with --resume')
+    g.add_argument('--step_mode', choices=STEP_MODES, help='auto (default): compiled on the CPU where it measured '
+                   'faster (10,000 items and more, 2M training events x epochs and more), else fast; fast: the '
+                   'hand-written step; plain: forward + autograd; static: the static-shape step (static_step.py, the '
+                   'update of fast to float rounding); compiled: the static step under torch.compile (needs a C++ '
+                   'compiler on CPU; falls back to the eager step with one warning), and the evaluation compiled; '
+                   'graph / compiled_graph: the static / compiled step captured as a CUDA graph (GPU only). Also '
+                   'with --resume')
     g.add_argument('--official_quirks', nargs='*', metavar='QUIRK', help='the official PyTorch code\'s behaviour '
                    'where ours deliberately differs, by name (' + ', '.join(QUIRKS) + '); the flag alone: all. '
                    'Measured effect: README, "Faithfulness"')
@@ -105,9 +107,10 @@ def run_eval(args, device):
     if data.dropped_events or data.dropped_sessions:
         print(f'{test_path}: dropped {data.dropped_events:,} clicks on items unknown to the model and '
               f'{data.dropped_sessions:,} sessions left shorter than 2')
+    compiled = (args.step_mode or config.get('step_mode')) in COMPILED_MODES
     try:
         metrics = evaluate(model, data, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
-                           compiled=(args.step_mode or config.get('step_mode')) in COMPILED_MODES)
+                           compiled=compiled)
     except ValueError as err:
         raise InputError(f'--load_model {args.load_model}: {err}') from None
     print(f'{args.load_model} (epoch {state["epoch"]}) on {test_path}: {metrics["n_predictions"]:,} predictions, '
@@ -129,6 +132,7 @@ def run_eval(args, device):
     except (OSError, ValueError, KeyError):
         pass
     results[os.path.basename(args.load_model)] = dict(metrics, test_data=test_path, epoch=state['epoch'],
+                                                      step_mode=config.get('step_mode'), compiled_evaluation=compiled,
                                                       provenance=provenance(files, [config.get('seed')], device))
     write_json(results_path, results)
     return metrics

@@ -36,7 +36,8 @@ torch.compile(fullgraph=True) (Inductor's C++ kernels on CPU, compiled at the fi
 run, up to a minute with a cold on-disk cache; a failure falls back to the eager step with one warning line);
 `graph` and `compiled_graph` capture the static or compiled step as a CUDA graph and replay it (GraphStep:
 GPU only; its buffer plumbing is tested on the CPU with a stand-in graph API, the capture itself needs a GPU
-and scripts/gpu_check.sh); the default stays `fast`. Measured on 2 CPU cores (issue #31, open):
+and scripts/gpu_check.sh); `auto`, the default, picks `compiled` on the CPU where it measured faster, whole
+runs with their compilation (`auto_mode`), else `fast`. Measured on 2 CPU cores (issue #31, open):
 * scripts/bench_static_step.py, RSC15 setting (37,500 items, B 32, 2048 samples: U = 1,953 of K = 2,112):
   eager 0.81-0.83x the fast step; compiled 1.15x (1 thread) / 1.16x (2 threads). A profile puts 2.3 of the
   compiled step's 3.2 ms (1 thread) in Inductor's kernels and 0.55 ms in the matrix products; the row
@@ -54,6 +55,7 @@ fallback_random for the same dropout draws); over many steps no two roundings st
 amplifies a 1e-7 relative change of W_y to 0.26 after 30 steps (the eager step perturbed by hand does the
 same), so modes are compared one step from a common state, not after 200 steps.
 """
+import shutil
 import sys
 import time
 
@@ -176,8 +178,8 @@ def init_state(optimizer):
 
 # ---------------------------------------------------------------- the training loop's entry
 
-STEP_MODES = ('fast', 'plain', 'static', 'compiled', 'graph', 'compiled_graph')
-STATIC_MODES = STEP_MODES[2:]                 # the modes of the static step
+STEP_MODES = ('auto', 'fast', 'plain', 'static', 'compiled', 'graph', 'compiled_graph')
+STATIC_MODES = STEP_MODES[3:]                 # the modes of the static step
 GRAPH_MODES = ('graph', 'compiled_graph')     # captured as a CUDA graph (GraphStep)
 COMPILED_MODES = ('compiled', 'compiled_graph')   # these also evaluate compiled (evaluation.CompiledBlocks)
 
@@ -201,10 +203,14 @@ class CompiledStep:
     state when a compilation fails."""
 
     failed = False
+    RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
+                                # or a benchmark over the paramfiles, and would leave the rest eager)
 
     def __init__(self):
+        from torch._dynamo import config as dynamo
         from torch._inductor import config as inductor
         inductor.fallback_random = True
+        dynamo.recompile_limit = max(dynamo.recompile_limit, CompiledStep.RECOMPILE_LIMIT)
         self.function = torch.compile(tensor_step, fullgraph=True)
         self.last = None                   # (model, optimiser, their optimizer_tensors) of the last call
 
@@ -219,7 +225,7 @@ class CompiledStep:
         try:
             out = self.function(model, *self.last[2], *args)
         except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
-            CompiledStep.failed = True      # recompile limit (8 settings in one process), ...
+            CompiledStep.failed = True      # recompile limit (RECOMPILE_LIMIT settings in one process), ...
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             print(f'warning: the static step did not compile ({type(err).__name__}: {first[:160]}); training '
                   f'with the eager step', file=sys.stderr)
@@ -339,12 +345,42 @@ def step_for(mode, model, optimizer):
     return _compiled
 
 
+AUTO_ITEMS = 10_000              # --step_mode auto compiles on the CPU from this many items ...
+AUTO_WORK = 2_000_000            # ... and this many training events x epochs (module docstring)
+
+
+def has_compiler():
+    return any(shutil.which(c) for c in ('g++', 'c++', 'clang++'))
+
+
+def auto_mode(config, model, optimizer, n_items, n_events, device):
+    """(the mode --step_mode auto trains with, why): on the CPU the compiled step where it was measured faster
+    including its compilation (AUTO_ITEMS items or more, where candidates seldom repeat: 1.10x the fast step
+    at 10,000 items, 1.22x at 37,500, 0.98x at 2,800; and enough training for 5-15 s of compilation to pay:
+    AUTO_WORK events x epochs), else the fast step; on a GPU the fast step until scripts/gpu_check.sh has
+    measured the graph modes there."""
+    if torch.device(device).type != 'cpu':
+        return 'fast', 'the graph modes are not yet measured on a GPU'
+    if not supported(model, optimizer) or not config.get('fast_step', True):
+        return 'fast', 'the static step does not cover this model or optimiser'
+    work = n_events * config.get('n_epochs', 1)
+    if n_items < AUTO_ITEMS or work < AUTO_WORK:
+        return 'fast', f'{n_items:,} items, {work:,} events x epochs: compiling pays from {AUTO_ITEMS:,} and {AUTO_WORK:,}'
+    if not has_compiler():
+        print('warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step',
+              file=sys.stderr)
+        return 'fast', 'no C++ compiler'
+    return 'compiled', f'{n_items:,} items, {work:,} events x epochs'
+
+
 def mode_in_effect(config, model, optimizer):
     """The step mode a run trains with: --step_mode, unless the model or optimiser is not covered (fast, or
     plain where the fast step does not apply either), --no-fast_step asks for plain, or a graph mode meets a
     model off CUDA (fast, with one warning line a process)."""
     fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
     mode = config.get('step_mode', 'fast')
+    if mode == 'auto':                      # resolved by training.train; here (a bare train_epoch) the fast step
+        mode = 'fast'
     if not fast:
         return 'plain'
     if mode in STATIC_MODES and not supported(model, optimizer):

@@ -169,11 +169,15 @@ def train(args, config, device, resume=None):
     np.random.seed(config['seed'] if 'seed' in config else 42)
     name = config.get('model', 'GRU4Rec')
     print(f'train {train_path}: {data.n_events:,} events, {data.n_sessions:,} sessions, {len(data.item_map):,} items')
-    first, history = 0, []
+    first, history, auto = 0, [], ''
     if name == 'GRU4Rec':
         run = training_setup(config, data, device)
         model, optimizer, _, iterator, sampler, _ = run
         check_learning_rate(config['lr'], model)
+        if config.get('step_mode', 'auto') == 'auto':       # the mode is recorded resolved (config.json, checkpoints)
+            config['step_mode'], why = static_step.auto_mode(config, model, optimizer, len(data.item_map),
+                                                             data.n_events, device)
+            auto = f' (auto: {why})'
         print(f'{iterator.n_targets:,} targets in {len(iterator):,} mini-batches per epoch')
         if resume is not None:
             first, history = restore(resume[1], data, model, optimizer, sampler, device)
@@ -194,7 +198,7 @@ def train(args, config, device, resume=None):
         print(f'resuming {run_dir} after epoch {first - 1}')
     print(f'{name} config: ' + json.dumps(config))
     mode = static_step.mode_in_effect(config, model, optimizer) if name == 'GRU4Rec' else None
-    step = f'  step: {mode}' if mode else ''
+    step = f'  step: {mode}{auto}' if mode else ''
     print(f'run folder: {run_dir}  device: {device}  threads: {torch.get_num_threads()}{step}')
     last_good = os.path.join(run_dir, f'model_{first - 1:05d}.pt') if first else None
     metrics = history[-1]['metrics'] if history else None

@@ -269,11 +269,15 @@ def roofline(config, device='cpu', timer=gemm_seconds):
     return config['batch_size'] / seconds, step_flops(config), seconds
 
 
-def eval_speeds(model, test, device):
+def eval_speeds(model, test, device, ways=(False, True)):
     """(predictions/s of evaluate over the test split, the same compiled (evaluate(compiled=True), after a
-    compiling call on a few sessions), predictions/s the score product alone allows)."""
+    compiling call on a few sessions), predictions/s the score product alone allows); `ways`: which of the
+    two to run (the other is None)."""
     speeds = []
     for compiled in (False, True):
+        if compiled not in ways:
+            speeds.append(None)
+            continue
         if compiled:
             evaluate(model, subset(test, 2000), batch_size=512, device=device, compiled=True)
         sync(device)
@@ -328,23 +332,29 @@ def table_rows(official, quick, only=None, first=None):
     return {name: pick_rows(names, only, first) for name, names in rows.items()}
 
 
-def full_scale(folder, device, steps):
+def full_scale(folder, device, steps, mode='fast'):
+    """--full_scale: `steps` training steps of --step_mode `mode` and 100,000 predictions (evaluated compiled
+    when the mode compiles) at RSC15 scale, with the process's peak memory (run one mode a process to
+    compare peaks)."""
     start = time.perf_counter()
     train = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
     test = SessionData(os.path.join(folder, 'rsc15_test.txt'), item_map=train.item_map)
     load = time.perf_counter() - start
-    config = {**DEFAULTS, **RSC15}
+    config = {**DEFAULTS, **RSC15, 'step_mode': mode}
     run = prepared(train, config, device, None, True, warmup=50)
     train_speed = epoch_speed(run, steps)
-    eval_speed, compiled_eval, bound = eval_speeds(run[0], subset(test, 100_000), device)
+    eval_speed, compiled_eval, bound = eval_speeds(run[0], subset(test, 100_000), device,
+                                                   [mode in static_step.COMPILED_MODES])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     gpu = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
     print(f'\n{folder}: {train.n_events:,} training events, {len(train.item_map):,} items, '
-          f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, {torch.get_num_threads()} threads\n')
+          f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, --step_mode {mode}, {torch.get_num_threads()} '
+          f'threads\n')
     print('| training events/s | epoch (min, at that speed) | eval predictions/s | compiled eval predictions/s | '
           'score-product bound | peak RSS (GB) | peak GPU memory (GB) |')
     print('|---|---|---|---|---|---|---|')
-    print(f'| {train_speed:,.0f} | {train.n_events / train_speed / 60:,.1f} | {eval_speed:,.0f} | {compiled_eval:,.0f} | '
+    cells = ' | '.join('-' if x is None else f'{x:,.0f}' for x in (eval_speed, compiled_eval))
+    print(f'| {train_speed:,.0f} | {train.n_events / train_speed / 60:,.1f} | {cells} | '
           f'{bound:,.0f} | {peak:.2f} | {"-" if gpu is None else f"{gpu:.2f}"} |')
 
 
@@ -585,7 +595,8 @@ def run(argv=None):
                    'clicks of the synthetic split it trains on (its earliest sessions; default %(default)s, '
                    '18.8k items; 1M: 37.6k items, the synthetic rows taking 8x as long)')
     p.add_argument('--modes', nargs='+', default=['fast'], choices=STEP_MODES, metavar='MODE',
-                   help='--official_code: a row per --step_mode of ours (default fast; e.g. fast compiled)')
+                   help='--official_code: a row per --step_mode of ours (default fast; e.g. fast compiled); '
+                   '--full_scale: the (first) mode to train with')
     args = p.parse_args(argv)
     gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
     devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
@@ -595,7 +606,7 @@ def run(argv=None):
                          args.official_events, args.modes)
     elif args.full_scale:
         for device in devices:
-            full_scale(args.full_scale, device, args.steps or 2000)
+            full_scale(args.full_scale, device, args.steps or 2000, args.modes[0])
     else:
         default_table(devices, args.quick, args.steps or (150 if args.quick else 200),
                       args.rounds or (3 if args.quick else 7), args.rows, args.settings, args.synthetic_sessions)

@@ -194,6 +194,59 @@ def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, ca
     assert static_step.step_for('compiled', run[0], run[1]) is None        # later epochs: the fast step
 
 
+def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypatch, capsys):
+    from checkpoints import build_model
+    from optimizer import make_optimizer
+    model = build_model(DEFAULTS, 50, 'cpu')
+    adagrad = make_optimizer('AdagradM', model.parameters(), 0.1)
+    auto = static_step.auto_mode
+    config = {'n_epochs': 10}
+    assert auto(config, model, adagrad, 37_500, 300_000, 'cpu')[0] == 'compiled'     # 3M events x epochs
+    assert auto(config, model, adagrad, 9_999, 300_000, 'cpu')[0] == 'fast'          # candidates repeat too often
+    assert auto(config, model, adagrad, 37_500, 199_999, 'cpu')[0] == 'fast'         # the compilation would not pay
+    assert auto(dict(config, n_epochs=7), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'compiled'
+    assert auto(config, model, adagrad, 37_500, 300_000, 'cuda')[0] == 'fast'        # not measured on a GPU yet
+    torch_adagrad = make_optimizer('Adagrad', model.parameters(), 0.1)
+    assert auto(config, model, torch_adagrad, 37_500, 300_000, 'cpu')[0] == 'fast'
+    assert auto(dict(config, fast_step=False), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'fast'
+    assert capsys.readouterr().err == ''
+    monkeypatch.setattr(static_step.shutil, 'which', lambda name: None)
+    assert auto(config, model, adagrad, 37_500, 300_000, 'cpu') == ('fast', 'no C++ compiler')
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step']
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+def test_auto_in_a_run_is_recorded_resolved(tmp_path, capsys, monkeypatch):
+    """main.py without --step_mode: the mode auto picks is in the header, config.json, the checkpoint and
+    --is_eval's results.json; a compiled run also evaluates compiled, with the eager evaluation's numbers."""
+    import json
+    import main
+    from conftest import write_split
+    train = write_split(tmp_path / 'train.txt', [(s, f'i{(s * 3 + k * (1 + s % 4)) % 13}', 10 * s + k)
+                                                  for s in range(60) for k in range(3 + s % 3)])
+    common = ['--train_data', train, '--valid_data', train, '--layers', '16', '--batch_size', '8', '--n_sample',
+              '16', '--sample_store', '1000', '--n_epochs', '1']
+    small, small_metrics = main.main([*common, '--checkpoint_dir', str(tmp_path / 'small')])
+    out = capsys.readouterr().out
+    assert 'step: fast (auto: 13 items' in out and 'compiled the' not in out
+    monkeypatch.setattr(static_step, 'AUTO_ITEMS', 10)
+    monkeypatch.setattr(static_step, 'AUTO_WORK', 100)
+    path, metrics = main.main([*common, '--checkpoint_dir', str(tmp_path / 'big')])
+    out = capsys.readouterr().out
+    assert 'step: compiled (auto: 13 items' in out and 'compiled the evaluation' in out
+    with open(os.path.join(os.path.dirname(path), 'config.json')) as f:
+        assert json.load(f)['step_mode'] == 'compiled'
+    assert torch.load(path, weights_only=True)['config']['step_mode'] == 'compiled'
+    evaluated = main.main(['--is_eval', '--load_model', path, '--valid_data', train])
+    eager = main.main(['--is_eval', '--load_model', path, '--valid_data', train, '--step_mode', 'fast'])
+    assert {k: v for k, v in evaluated.items() if '@' in k} == {k: v for k, v in eager.items() if '@' in k}
+    assert {k: v for k, v in metrics.items() if '@' in k} == {k: v for k, v in evaluated.items() if '@' in k}
+    with open(os.path.join(os.path.dirname(path), 'results.json')) as f:
+        entry = json.load(f)[os.path.basename(path)]
+    assert entry['step_mode'] == 'compiled' and entry['compiled_evaluation'] is False     # the last --is_eval: fast
+
+
 def test_the_mode_in_effect():
     from checkpoints import build_model
     from optimizer import make_optimizer
@@ -207,18 +260,21 @@ def test_the_mode_in_effect():
     assert mode({'step_mode': 'static'}, onehot, make_optimizer('AdagradM', onehot.parameters(), 0.1)) == 'plain'
     assert mode({'step_mode': 'static', 'fast_step': False}, shared, adagrad) == 'plain'
     assert mode({}, shared, adagrad) == 'fast'
+    assert mode({'step_mode': 'auto'}, shared, adagrad) == 'fast'     # unresolved (a bare train_epoch)
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
 def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(train, monkeypatch, capsys):
     """A second model of the same settings reuses the compiled step (tune.py and faithfulness.py train many
-    models in one process); another learning rate compiles anew, and past Dynamo's recompile limit (8 by
-    default, 1 here) a fullgraph compile raises: the run goes on with the eager step and one warning."""
+    models in one process); another learning rate compiles anew, and past Dynamo's recompile limit
+    (CompiledStep.RECOMPILE_LIMIT, 64; 1 here) a fullgraph compile raises: the run goes on with the eager step
+    and one warning."""
     from torch._dynamo import config as dynamo
     from training import train_epoch
     monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
     monkeypatch.setattr(static_step, '_compiled', None)
     monkeypatch.setattr(dynamo, 'recompile_limit', 1)
+    monkeypatch.setattr(static_step.CompiledStep, 'RECOMPILE_LIMIT', 1)
     torch._dynamo.reset()
     config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000, 'step_mode': 'compiled'}
     losses = []
@@ -353,3 +409,15 @@ def test_graph_modes_in_the_training_loop_and_their_fallbacks(train, monkeypatch
     assert capsys.readouterr().err.splitlines() == [
         'warning: the static step could not be captured as a CUDA graph (RuntimeError: operation not permitted '
         'when stream is capturing); training without the graph']
+
+
+def test_the_compiled_step_raises_torchs_recompile_limit(monkeypatch):
+    """torch's default of 8 compiled settings a process (the 9th failed in a benchmark over the paramfiles on
+    two data sets, leaving the rest eager): a CompiledStep raises it to RECOMPILE_LIMIT, never lowers it."""
+    from torch._dynamo import config as dynamo
+    monkeypatch.setattr(dynamo, 'recompile_limit', 8)
+    static_step.CompiledStep()
+    assert dynamo.recompile_limit == static_step.CompiledStep.RECOMPILE_LIMIT == 64
+    monkeypatch.setattr(dynamo, 'recompile_limit', 100)
+    static_step.CompiledStep()
+    assert dynamo.recompile_limit == 100
