@@ -1,5 +1,6 @@
 """The GPU check of issue #16: every step of the CUDA path a user meets, run once on one device, with a
-report. Needs nothing but the repository (synthetic data); 2 minutes on one H200 (2026-12-04).
+report. Needs nothing but the repository (synthetic data); 2 minutes on one H200 (2026-12-04) before steps 8
+and 11 were added (estimated 4-8 minutes with them, most of it compiling Triton kernels for six paramfiles).
 
     scripts/gpu_check.sh                         # --device cuda, report to benchmarks/GPU.md
     scripts/gpu_check.sh --device cpu            # the same steps on the CPU (about 2 minutes on 2 cores)
@@ -319,7 +320,7 @@ def checks(args, folder):
     modes_table = []
 
     def modes_benchmark():
-        out = python(['scripts/bench_static_step.py', '--device', device, '--threads', '1', '--steps', '100',
+        out = python(['scripts/bench_static_step.py', '--device', device, '--threads', '1', '--steps', '100', '--rounds', '1',
                       '--presets', 'rsc15_xe_shared_100', 'yoochoose_xe_shared', 'rees46_xe_shared', 'coveo_bprmax_shared',
                       'retailrocket_bprmax_shared', 'diginetica_bprmax_shared'])
         modes_table.extend(line for line in out.splitlines() if line.startswith('|'))
