@@ -345,8 +345,9 @@ def step_for(mode, model, optimizer):
     return _compiled
 
 
-AUTO_ITEMS = 10_000              # --step_mode auto compiles on the CPU from this many items ...
-AUTO_WORK = 2_000_000            # ... and this many training events x epochs (module docstring)
+AUTO_ITEMS = 10_000              # --step_mode auto compiles on the CPU from this many items,
+AUTO_WORK = 2_000_000            # this many training events x epochs,
+AUTO_MAX_BATCH = 200             # and batches up to this size (auto_mode's docstring)
 
 
 def has_compiler():
@@ -356,9 +357,10 @@ def has_compiler():
 def auto_mode(config, model, optimizer, n_items, n_events, device):
     """(the mode --step_mode auto trains with, why): on the CPU the compiled step where it was measured faster
     including its compilation (AUTO_ITEMS items or more, where candidates seldom repeat: 1.10x the fast step
-    at 10,000 items, 1.22x at 37,500, 0.98x at 2,800; and enough training for 5-15 s of compilation to pay:
-    AUTO_WORK events x epochs), else the fast step; on a GPU the fast step until scripts/gpu_check.sh has
-    measured the graph modes there."""
+    at 10,000 items, 1.22x at 37,500, 0.98x at 2,800; enough training for 5-15 s of compilation to pay:
+    AUTO_WORK events x epochs; batches up to AUTO_MAX_BATCH: rees46's batch of 240 at 512 units measured
+    0.85x / 0.94x on 2,808 / 18,752 items, the other five paramfiles 0.95-1.23x), else the fast step; on a
+    GPU the fast step until scripts/gpu_check.sh has measured the graph modes there."""
     if torch.device(device).type != 'cpu':
         return 'fast', 'the graph modes are not yet measured on a GPU'
     if not supported(model, optimizer) or not config.get('fast_step', True):
@@ -366,6 +368,8 @@ def auto_mode(config, model, optimizer, n_items, n_events, device):
     work = n_events * config.get('n_epochs', 1)
     if n_items < AUTO_ITEMS or work < AUTO_WORK:
         return 'fast', f'{n_items:,} items, {work:,} events x epochs: compiling pays from {AUTO_ITEMS:,} and {AUTO_WORK:,}'
+    if config.get('batch_size', 0) > AUTO_MAX_BATCH:
+        return 'fast', f'batch size {config["batch_size"]}: compiling pays up to {AUTO_MAX_BATCH}'
     if not has_compiler():
         print('warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step',
               file=sys.stderr)

@@ -200,8 +200,9 @@ def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypa
     model = build_model(DEFAULTS, 50, 'cpu')
     adagrad = make_optimizer('AdagradM', model.parameters(), 0.1)
     auto = static_step.auto_mode
-    config = {'n_epochs': 10}
+    config = {'n_epochs': 10, 'batch_size': 200}
     assert auto(config, model, adagrad, 37_500, 300_000, 'cpu')[0] == 'compiled'     # 3M events x epochs
+    assert auto(dict(config, batch_size=201), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'fast'   # rees46's 240
     assert auto(config, model, adagrad, 9_999, 300_000, 'cpu')[0] == 'fast'          # candidates repeat too often
     assert auto(config, model, adagrad, 37_500, 199_999, 'cpu')[0] == 'fast'         # the compilation would not pay
     assert auto(dict(config, n_epochs=7), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'compiled'
