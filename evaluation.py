@@ -20,8 +20,9 @@ comparison masks add a quarter again). Blocks change nothing but the peak memory
 
 `compiled=True` (GRU4Rec, --step_mode compiled; issue #31): each block is scored, ranked and counted by one
 function under torch.compile (`CompiledBlocks`): Inductor fuses the bias, the comparisons and the counts into
-one pass over the scores. The same ranks (the same product, row by row); 1.4-1.9x the eager blocks at 37.5k
-items, one thread. A failed compilation prints one warning line and evaluates eagerly.
+one pass over the scores. The same ranks (the same product, row by row); on the CPU 1.4-1.9x the eager blocks
+at 37.5k items on one thread, 1.07x on two at RSC15 scale (52,739 items, scripts/bench_train.py --full_scale:
+the product itself is most of the time there). A failed compilation prints one warning line and evaluates eagerly.
 """
 import sys
 import time
