@@ -51,7 +51,10 @@ runs with their compilation (`auto_mode`), else `fast`. Measured on 2 CPU cores 
   epochs 1-2 against the fast step's 18,963 / 17,416, whole run 27.3 s against 16.7 s: where most candidates
   repeat, K-sized products and updates cost more than the fusion saves.
 Compiled and eager agree to float rounding after one step (1.1e-6 relative at most, with Inductor's
-fallback_random for the same dropout draws); over many steps no two roundings stay close: training
+fallback_random for the same dropout draws; at the issue's settings, XE at 100 units and BPR-max with ELU at
+512, one compiled step and one fast step from the state after 1 and after 200 compiled steps: weights and
+optimiser state within 7.6e-7 of the largest value, the updates within 2.4e-6 of the largest update, the
+static step eager bit-equal to the fast one there; tests/test_static_step.py); over many steps no two roundings stay close: training
 amplifies a 1e-7 relative change of W_y to 0.26 after 30 steps (the eager step perturbed by hand does the
 same), so modes are compared one step from a common state, not after 200 steps.
 """
