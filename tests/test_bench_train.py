@@ -291,6 +291,9 @@ def test_target_cells_follow_the_issue_rule_by_hand():
     # official 6,000 >= half of 10,000: target 80% of the roofline = 8,000; 100 / 8,000 - 0.01 = 2.5 ms
     above = {'official': [6000.0], 'fast': [5000.0], 'roofline': [10000.0]}
     assert bench_train.target_cells(config, above) == '8,000 | 0.80 | 10.0 | 2.5'
-    # 2x an official code at 0.45 of the roofline is 0.9 of it: 1.1 ms left beside the products
+    # 2x an official code at 0.45 of the roofline would be 0.9 of it: the lower, 80%, is the target
     near = {'official': [4500.0], 'fast': [5000.0], 'roofline': [10000.0]}
-    assert bench_train.target_cells(config, near) == '9,000 | 0.90 | 10.0 | 1.1'
+    assert bench_train.target_cells(config, near) == '8,000 | 0.80 | 10.0 | 2.5'
+    # the RSC15 setting: 3x the official code = 3,000; 100 / 3,000 - 0.01 s = 23.3 ms left beside the products
+    assert bench_train.target_cells(config, below, setting='rsc15_xe_shared_100') == '3,000 | 0.30 | 70.0 | 23.3'
+    assert bench_train.target_cells(config, above, setting='rsc15_xe_shared_100') == '10,000 | 1.00 | 10.0 | 0.0'
