@@ -8,10 +8,18 @@ preprocessing. `auto` then falls back to the CPU with one warning line; an expli
 The dropout noise of a CUDA run comes from the default generator of the GPU the model lives on, so its
 state is saved and restored for that GPU's index (`rng_state` / `set_rng_state`), not for the current
 device.
+
+What compiling needs and how it fails (issue #31: the compiled step, the compiled evaluation, CUDA graphs):
+`has_compiler` (Inductor's CPU kernels need a C++ compiler), `fallback_warning` (the one line a failed
+compilation or capture prints before the eager path takes over) and `compilation_timer` (reports the time
+of a call in which torch.compile compiled something new, and stays silent when its cache served).
 """
+import contextlib
 import os
 import re
+import shutil
 import sys
+import time
 import warnings
 
 import torch
@@ -89,3 +97,25 @@ def set_rng_state(state, device):
     torch.set_rng_state(state['rng'])
     if device.type == 'cuda' and state.get('cuda_rng') is not None:
         torch.cuda.set_rng_state(state['cuda_rng'], device=device)
+
+
+def has_compiler():
+    """Whether torch.compile's CPU backend (Inductor's C++ kernels) can find a C++ compiler."""
+    return any(shutil.which(c) for c in ('g++', 'c++', 'clang++'))
+
+
+def fallback_warning(what, err, instead):
+    """Print the one warning line of a compilation or capture that failed:
+    'warning: <what> (<error type>: <first line of the error>); <instead>'."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    print(f'warning: {what} ({type(err).__name__}: {first[:160]}); {instead}', file=sys.stderr)
+
+
+@contextlib.contextmanager
+def compilation_timer(report):
+    """Call report(seconds) after the block when torch.compile compiled a new graph inside it."""
+    from torch._dynamo.utils import counters
+    graphs, start = counters['stats']['unique_graphs'], time.perf_counter()
+    yield
+    if counters['stats']['unique_graphs'] != graphs:
+        report(time.perf_counter() - start)

@@ -24,13 +24,12 @@ one pass over the scores. The same ranks (the same product, row by row); on the 
 at 37.5k items on one thread, 1.07x on two at RSC15 scale (52,739 items, scripts/bench_train.py --full_scale:
 the product itself is most of the time there). A failed compilation prints one warning line and evaluates eagerly.
 """
-import sys
-import time
-
 import numpy as np
 import torch
 
 from dataset import SessionParallelIterator
+from devices import compilation_timer, fallback_warning
+from model import GRU4Rec
 
 TIE_MODES = ('standard', 'conservative', 'median')
 DEFAULT_CUTOFFS = (1, 5, 10, 20)
@@ -77,7 +76,8 @@ def block_counts(top, weights, bias, targets, k, tie_mode):
     the ranks of `targets` among the scores top W_y^T + b_y of all items."""
     ranks = target_ranks(torch.addmm(bias, top, weights.T), targets, tie_mode).double()
     within = ranks[:, None] <= k
-    return within.sum(0, dtype=torch.float64), torch.where(within, 1.0 / ranks[:, None], 0.0).sum(0, dtype=torch.float64)
+    reciprocal = torch.where(within, 1.0 / ranks[:, None], 0.0)
+    return within.sum(0, dtype=torch.float64), reciprocal.sum(0, dtype=torch.float64)
 
 
 class CompiledBlocks:
@@ -106,7 +106,6 @@ _compiled_blocks = None
 def compiled_blocks(model):
     """The compiled block function for a GRU4Rec model, or None (another model, or compiling failed)."""
     global _compiled_blocks
-    from model import GRU4Rec
     if not isinstance(model, GRU4Rec) or CompiledBlocks.failed:
         return None
     if _compiled_blocks is None:
@@ -143,20 +142,15 @@ def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_si
         hidden = model.hidden_step(inputs, hidden)
         top = hidden[-1]
         if blocks is not None:
-            from torch._dynamo.utils import counters
-            graphs, start = counters['stats']['unique_graphs'], time.perf_counter()
             try:
-                step_hits, step_reciprocal = blocks(model, top, targets, k, tie_mode, rows)
+                with compilation_timer(lambda seconds: print(f'compiled the evaluation in {seconds:.1f} s')):
+                    step_hits, step_reciprocal = blocks(model, top, targets, k, tie_mode, rows)
             except Exception as err:        # no C++ compiler, an operator Inductor cannot take, ...
                 CompiledBlocks.failed, blocks = True, None
-                line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                print(f'warning: the evaluation did not compile ({type(err).__name__}: {line[:160]}); evaluating '
-                      f'eagerly', file=sys.stderr)
+                fallback_warning('the evaluation did not compile', err, 'evaluating eagerly')
             else:
                 hits += step_hits
                 reciprocal += step_reciprocal
-                if counters['stats']['unique_graphs'] != graphs:
-                    print(f'compiled the evaluation in {time.perf_counter() - start:.1f} s', flush=True)
                 continue
         ranks = torch.cat([target_ranks(model.score_all(top[lo:lo + rows]), targets[lo:lo + rows], tie_mode)
                            for lo in range(0, len(targets), rows)]).double()

@@ -59,13 +59,12 @@ roundings stay close: training amplifies a 1e-7 relative change of W_y to 0.26 a
 step perturbed by hand does the same), so modes are compared one step from a common state, not after 200
 steps.
 """
-import shutil
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from devices import compilation_timer, fallback_warning, has_compiler
 from optimizer import AdagradM
 
 
@@ -224,21 +223,18 @@ class CompiledStep:
         if (self.last is None or self.last[0] is not model or self.last[1] is not optimizer
                 or self.last[2][0][0] is not optimizer.state.get(model.Wy)):    # (a load_state_dict since)
             self.last = (model, optimizer, optimizer_tensors(model, optimizer))
-        from torch._dynamo.utils import counters
-        graphs = counters['stats']['unique_graphs']
-        start = time.perf_counter()
         try:
-            out = self.function(model, *self.last[2], *args)
+            with compilation_timer(self.compiled):
+                return self.function(model, *self.last[2], *args)
         except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
             CompiledStep.failed = True      # recompile limit (RECOMPILE_LIMIT settings in one process), ...
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            print(f'warning: the static step did not compile ({type(err).__name__}: {first[:160]}); training '
-                  f'with the eager step', file=sys.stderr)
+            fallback_warning('the static step did not compile', err, 'training with the eager step')
             return static_step(model, optimizer, *args)
-        if counters['stats']['unique_graphs'] != graphs:
-            COMPILE_SECONDS.append(time.perf_counter() - start)
-            print(f'compiled the static step in {COMPILE_SECONDS[-1]:.1f} s', flush=True)
-        return out
+
+    @staticmethod
+    def compiled(seconds):
+        COMPILE_SECONDS.append(seconds)
+        print(f'compiled the static step in {seconds:.1f} s', flush=True)
 
 
 class CudaGraphs:
@@ -301,9 +297,8 @@ class GraphStep:
                                                                        b_candidates, b_reset, b_correction))
             except Exception as err:        # an operation that cannot be captured, out of memory, ...
                 GraphStep.failed = True
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                print(f'warning: the static step could not be captured as a CUDA graph ({type(err).__name__}: '
-                      f'{first[:160]}); training without the graph', file=sys.stderr)
+                fallback_warning('the static step could not be captured as a CUDA graph', err,
+                                 'training without the graph')
                 return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
             self.captured = (graph, (b_inputs, b_candidates, b_reset, b_hidden, b_correction), out)
         graph, (b_inputs, b_candidates, b_reset, b_hidden, b_correction), out = self.captured
@@ -355,10 +350,6 @@ def step_for(mode, model, optimizer):
 AUTO_ITEMS = 10_000              # --step_mode auto compiles on the CPU from this many items,
 AUTO_WORK = 2_000_000            # this many training events x epochs,
 AUTO_MAX_BATCH = 200             # and batches up to this size (auto_mode's docstring)
-
-
-def has_compiler():
-    return any(shutil.which(c) for c in ('g++', 'c++', 'clang++'))
 
 
 def auto_mode(config, model, optimizer, n_items, n_events, device):

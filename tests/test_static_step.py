@@ -211,7 +211,8 @@ def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypa
     assert auto(config, model, torch_adagrad, 37_500, 300_000, 'cpu')[0] == 'fast'
     assert auto(dict(config, fast_step=False), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'fast'
     assert capsys.readouterr().err == ''
-    monkeypatch.setattr(static_step.shutil, 'which', lambda name: None)
+    import devices
+    monkeypatch.setattr(devices.shutil, 'which', lambda name: None)
     assert auto(config, model, adagrad, 37_500, 300_000, 'cpu') == ('fast', 'no C++ compiler')
     assert capsys.readouterr().err.splitlines() == [
         'warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step']
@@ -332,7 +333,7 @@ class ReplayOnCPU:
 def test_graph_step_replays_the_static_step_bit_for_bit(train, monkeypatch):
     """30 training steps through GraphStep (3 warm-up calls, one capture, replays fed through its input
     buffers: items, candidates, reset masks at session starts, logQ, the hidden state) end where 30 static
-    steps end, bit for bit; a second model captures anew."""
+    steps end, bit for bit."""
     config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
     runs = []
     for graph in (False, True):
@@ -436,3 +437,4 @@ def test_compiled_step_at_the_issues_settings_after_1_and_200_steps(tmp_path):
     assert worst['static'] == (0.0, 0.0, 0.0)
     state, update, loss = worst['compiled']
     assert 0 < state <= 1e-5 and loss <= 1e-5 and update < 1e-3
+
