@@ -281,9 +281,9 @@ class GraphStep:
     def __call__(self, model, optimizer, loss, inputs, hidden, candidates, reset, correction=None):
         if GraphStep.failed:
             return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
-        key = (id(model), id(optimizer), id(loss), len(inputs), len(candidates), correction is None)
-        if key != self.key:
-            self.key, self.calls, self.captured = key, 0, None
+        key = (model, optimizer, loss, len(inputs), len(candidates), correction is None)
+        if self.key is None or any(a is not b for a, b in zip(key[:3], self.key)) or key[3:] != self.key[3:]:
+            self.key, self.calls, self.captured = key, 0, None      # (the objects held: an id could be reused)
         if self.captured is None and self.calls < self.WARMUP:
             self.calls += 1
             with self.graphs.warmup():

@@ -438,3 +438,28 @@ def test_compiled_step_at_the_issues_settings_after_1_and_200_steps(tmp_path):
     state, update, loss = worst['compiled']
     assert 0 < state <= 1e-5 and loss <= 1e-5 and update < 1e-3
 
+
+def test_graph_step_captures_anew_for_another_model_even_at_a_reused_id(train, monkeypatch):
+    """A graph replays into the memory of the model it captured. A new model whose id is the old one's (CPython
+    reuses the id of a freed object; forced here by making every id 0) must capture anew, not replay the old
+    graph: GraphStep tells models apart by the objects themselves."""
+    monkeypatch.setattr(static_step, 'id', lambda obj: 0, raising=False)
+    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
+    step, captures, weights = None, [], []
+    for _ in range(2):
+        model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
+        static_step.init_state(optimizer)
+        api = ReplayOnCPU(model, optimizer)
+        step = step or static_step.GraphStep(static_step.static_step, api)
+        step.graphs = api
+        hidden = model.init_hidden(iterator.n_slots, 'cpu')
+        before = model.Wy.detach().clone()
+        for n, (inputs, targets, reset, keep) in enumerate(iterator.torch_steps('cpu')):
+            if n == 6:
+                break
+            candidates = torch.cat([targets, sampler.next()])
+            reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+            hidden = step(model, optimizer, loss, inputs, hidden, candidates, reset, None)[1]
+        captures.append(api.captures)
+        weights.append(not torch.equal(before, model.Wy))
+    assert captures == [1, 1] and weights == [True, True]     # the second model captured and trained itself
