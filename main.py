@@ -65,7 +65,7 @@ def parse_args(argv=None):
                    'faster (10,000 items and more, 2M training events x epochs and more, batches up to 200), else '
                    'fast; fast: the hand-written step; plain: forward + autograd; static: the static-shape step '
                    '(static_step.py, the update of fast to float rounding); compiled: the static step under '
-                   'torch.compile (needs a C++ compiler on CPU; falls back to the eager step with one warning), and '
+                   'torch.compile (needs a C++ compiler on CPU; falls back to the fast step with one warning), and '
                    'the evaluation compiled; graph / compiled_graph: the static / compiled step captured as a CUDA '
                    'graph (GPU only). Also with --resume')
     g.add_argument('--official_quirks', nargs='*', metavar='QUIRK', help='the official PyTorch code\'s behaviour '

@@ -28,12 +28,14 @@ update to 1e-5 from each of 30 states). The epoch's tail, where slots run out an
 
 Covered: the shared and separate-embedding modes (the one-hot mode keeps the eager step), AdagradM with
 and without momentum; the losses with an explicit gradient (cross-entropy, BPR-max with ELU or linear
-activation) and the others through autograd on the scores (eager; whether they compile whole is not yet
-checked).
+activation) and the others through autograd on the scores, which compile whole too (Dynamo's
+trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2 threads) compiled / fast
+1.45-1.52x for TOP1, 1.27-1.33x BPR, 1.21-1.22x TOP1-max, 1.19-1.22x BPR-max with tanh (two runs of
+bench_static_step.py --loss, benchmarks/RESULTS.md).
 
 Modes (--step_mode, `step_for`): `static` runs this step eagerly, `compiled` under
 torch.compile(fullgraph=True) (Inductor's C++ kernels on CPU, compiled at the first step: 7.3 s in the demo
-run, up to a minute with a cold on-disk cache; a failure falls back to the eager step with one warning line);
+run, up to a minute with a cold on-disk cache; a failure falls back to the fast step with one warning line);
 `graph` and `compiled_graph` capture the static or compiled step as a CUDA graph and replay it (GraphStep:
 GPU only; its buffer plumbing is tested on the CPU with a stand-in graph API, the capture itself needs a GPU
 and scripts/gpu_check.sh); `auto`, the default, picks `compiled` on the CPU where it measured faster, whole
@@ -194,6 +196,13 @@ def supported(model, optimizer):
             and len(optimizer.param_groups) == 1)
 
 
+def traces_autograd():
+    """Whether this torch's Dynamo can trace `torch.autograd.grad` inside a compiled step (its config flag
+    trace_autograd_ops; torch 2.13 has it): the losses with no written gradient compile whole only then."""
+    from torch._dynamo import config as dynamo
+    return hasattr(dynamo, 'trace_autograd_ops')
+
+
 COMPILE_SECONDS = []        # each compilation of the static step in this process, seconds (benchmarks read it)
 
 
@@ -202,8 +211,8 @@ class CompiledStep:
     kernels on CPU; its on-disk cache makes the next run's compilation short). The next model of the same
     settings reuses the compiled step; another learning rate or momentum compiles anew (Dynamo specialises
     on numbers). Dropout draws the eager step's numbers (Inductor's fallback_random). A compilation that
-    fails prints one warning line and the step runs eagerly from then on (`failed`); nothing has changed the
-    state when a compilation fails."""
+    fails prints one warning line and the step runs eagerly from then on (`failed`; the training loop takes
+    the fast step instead, `fell_back`); nothing has changed the state when a compilation fails."""
 
     failed = False
     RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
@@ -214,6 +223,8 @@ class CompiledStep:
         from torch._inductor import config as inductor
         inductor.fallback_random = True
         dynamo.recompile_limit = max(dynamo.recompile_limit, CompiledStep.RECOMPILE_LIMIT)
+        if traces_autograd():           # the losses without a written gradient (TOP1, BPR, ...) take theirs from
+            dynamo.trace_autograd_ops = True    # autograd on the scores: without this, Dynamo refuses to trace it
         self.function = torch.compile(tensor_step, fullgraph=True)
         self.last = None                   # (model, optimiser, their optimizer_tensors) of the last call
 
@@ -228,7 +239,7 @@ class CompiledStep:
                 return self.function(model, *self.last[2], *args)
         except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
             CompiledStep.failed = True      # recompile limit (RECOMPILE_LIMIT settings in one process), ...
-            fallback_warning('the static step did not compile', err, 'training with the eager step')
+            fallback_warning('the static step did not compile', err, 'training with the fast step')
             return static_step(model, optimizer, *args)
 
     @staticmethod
@@ -352,13 +363,20 @@ AUTO_WORK = 2_000_000            # this many training events x epochs,
 AUTO_MAX_BATCH = 200             # and batches up to this size (auto_mode's docstring)
 
 
-def auto_mode(config, model, optimizer, n_items, n_events, device):
+def fell_back(step):
+    """Whether `step` is the compiled step and its compilation failed (the training loop then takes the fast step
+    for the rest of the epoch: the eager static step is 0.81x its speed)."""
+    return isinstance(step, CompiledStep) and CompiledStep.failed
+
+
+def auto_mode(config, model, optimizer, n_items, n_events, device, loss=None):
     """(the mode --step_mode auto trains with, why): on the CPU the compiled step where it was measured faster
     including its compilation (AUTO_ITEMS items or more, where candidates seldom repeat: 1.10x the fast step
     at 10,000 items, 1.22x at 37,500, 0.98x at 2,800; enough training for 5-15 s of compilation to pay:
     AUTO_WORK events x epochs; batches up to AUTO_MAX_BATCH: rees46's batch of 240 at 512 units measured
     0.85x / 0.94x on 2,808 / 18,752 items, the other five paramfiles 0.95-1.23x), else the fast step; on a
-    GPU the fast step until scripts/gpu_check.sh has measured the graph modes there."""
+    GPU the fast step until scripts/gpu_check.sh has measured the graph modes there. `loss` (a loss.ScoreLoss):
+    one that takes its gradient from autograd (TOP1, BPR, ...) compiles only where Dynamo traces autograd."""
     if torch.device(device).type != 'cpu':
         return 'fast', 'the graph modes are not yet measured on a GPU'
     if not supported(model, optimizer) or not config.get('fast_step', True):
@@ -367,6 +385,8 @@ def auto_mode(config, model, optimizer, n_items, n_events, device):
     if n_items < AUTO_ITEMS or work < AUTO_WORK:
         return 'fast', (f'{n_items:,} items, {work:,} events x epochs: compiling pays from {AUTO_ITEMS:,} and '
                         f'{AUTO_WORK:,}')
+    if loss is not None and loss.explicit is None and not traces_autograd():
+        return 'fast', "this torch's Dynamo cannot trace the loss's autograd gradient"
     if config.get('batch_size', 0) > AUTO_MAX_BATCH:
         return 'fast', f'batch size {config["batch_size"]}: compiling pays up to {AUTO_MAX_BATCH}'
     if not has_compiler():

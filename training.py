@@ -94,6 +94,8 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
             loss.backward()
         if static is None:
             update()
+        elif static_step.fell_back(static):
+            static = None      # the compilation failed (one warning line): the fast step for the rest of the epoch
         if not fast:
             hidden = [h.detach() for h in hidden]
         weight = len(targets) if split is None else split
@@ -172,11 +174,11 @@ def train(args, config, device, resume=None):
     first, history, auto = 0, [], ''
     if name == 'GRU4Rec':
         run = training_setup(config, data, device)
-        model, optimizer, _, iterator, sampler, _ = run
+        model, optimizer, loss_fn, iterator, sampler, _ = run
         check_learning_rate(config['lr'], model)
         if config.get('step_mode', 'auto') == 'auto':       # the mode is recorded resolved (config.json, checkpoints)
             config['step_mode'], why = static_step.auto_mode(config, model, optimizer, len(data.item_map),
-                                                             data.n_events, device)
+                                                             data.n_events, device, loss_fn)
             auto = f' (auto: {why})'
         print(f'{iterator.n_targets:,} targets in {len(iterator):,} mini-batches per epoch')
         if resume is not None:

@@ -3,6 +3,7 @@
     python scripts/bench_static_step.py                       # RSC15 setting: 37,500 items, rsc15_xe_shared_100
     python scripts/bench_static_step.py --presets rsc15_xe_shared_100 diginetica_bprmax_shared --threads 2
     python scripts/bench_static_step.py --device cuda --presets <the six paramfiles>   # + graph, compiled_graph
+    python scripts/bench_static_step.py --loss top1 tanh --threads 2          # a loss with autograd's gradient
 
 Rows: `fast` = GRU4Rec.train_step + AdagradM.update (the training loop's step today), `static` = the static
 step run eagerly, `compiled` = the static step under torch.compile(fullgraph=True) (TorchInductor's C++
@@ -38,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument('--steps', type=int, default=60)
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--device', default='cpu', help='cpu (default) or cuda[:n]')
+    p.add_argument('--loss', nargs=2, metavar=('LOSS', 'FINAL_ACT'),
+                   help="another loss for every paramfile, e.g. --loss top1 tanh (the paramfile's bpreg kept)")
     p.add_argument('--modes', nargs='+', choices=['fast', 'static', 'compiled', 'graph', 'compiled_graph'],
                    help='default: fast static compiled, and graph compiled_graph on a GPU')
     return p.parse_args(argv)
@@ -105,6 +108,8 @@ def main(argv=None):
     from torch._inductor import config as inductor
     inductor.fallback_random = True          # dropout draws the eager step's random numbers
     dynamo.recompile_limit = 64              # one compilation per paramfile
+    if static_step.traces_autograd():
+        dynamo.trace_autograd_ops = True     # as CompiledStep: the losses that take their gradient from autograd
     modes = args.modes or ['fast', 'static', 'compiled'] + (['graph', 'compiled_graph'] if args.device != 'cpu' else [])
     if args.device != 'cpu':
         print(f'device {args.device}: {torch.cuda.get_device_name(torch.device(args.device))}')
@@ -114,6 +119,8 @@ def main(argv=None):
     print('|---|---|---|---|---|---|---|---|')
     for preset in args.presets:
         config = {**DEFAULTS, **PRESETS[preset]}
+        if args.loss:
+            config['loss_type'], config['final_act'] = args.loss
         if not config['constrained_embedding'] and config['embedding_dim'] <= 0:
             print(f'| {preset} | one-hot input: no fast or static step | | | | | | |')
             continue
