@@ -12,7 +12,8 @@ device.
 What compiling needs and how it fails (issue #31: the compiled step, the compiled evaluation, CUDA graphs):
 `has_compiler` (Inductor's CPU kernels need a C++ compiler), `fallback_warning` (the one line a failed
 compilation or capture prints before the eager path takes over) and `compilation_timer` (reports the time
-of a call in which torch.compile compiled something new, and stays silent when its cache served).
+of a call in which torch.compile compiled something new, and stays silent when its cache served);
+`GraphReplay`, a function captured as a CUDA graph and replayed (`CudaGraphs`, the API it needs of torch).
 """
 import contextlib
 import os
@@ -119,3 +120,73 @@ def compilation_timer(report):
     yield
     if counters['stats']['unique_graphs'] != graphs:
         report(time.perf_counter() - start)
+
+
+class CudaGraphs:
+    """What GraphReplay needs of CUDA graphs: a context for the warm-up calls (a side stream, as torch's CUDA
+    graph notes ask) and the capture of a function (recorded, not run: nothing changes until a replay)."""
+
+    @staticmethod
+    def warmup():
+        stack = contextlib.ExitStack()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        stack.enter_context(torch.cuda.stream(side))
+        stack.callback(lambda: torch.cuda.current_stream().wait_stream(side))
+        return stack
+
+    @staticmethod
+    def capture(function):
+        """(graph with .replay(), what the function returned: tensors the replays write into)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = function()
+        return graph, out
+
+
+class GraphReplay:
+    """A function of tensors captured as a CUDA graph and replayed, one launch a call (the training step's
+    GraphStep, the evaluation's full-batch step). The first WARMUP calls of a setting run the function itself
+    (compilation, cuBLAS workspaces); the next one captures it over copies of its inputs, which every later
+    call fills before the replay. A setting is the objects the function reads beside its tensors (held and
+    compared by identity: a freed object's id can be reused) and the tensors' shapes; a new one captures
+    anew. A capture that fails prints one warning line ('<what> could not be captured as a CUDA graph';
+    `instead`) and the function runs uncaptured from then on (the subclass's `failed`)."""
+
+    WARMUP = 3
+    failed = False
+    what, instead = 'the step', 'running without the graph'
+
+    def __init__(self, graphs=CudaGraphs):
+        self.graphs = graphs
+        self.key, self.calls, self.captured = None, 0, None
+
+    def replay(self, objects, function, tensors):
+        """function(*tensors) (tensors: a tuple of tensors or None), from the graph once it is captured: the
+        graph's own output tensors, which the next replay overwrites."""
+        kind = type(self)
+        if kind.failed:
+            return function(*tensors)
+        shapes = tuple(None if t is None else tuple(t.shape) for t in tensors)
+        if (self.key is None or len(objects) != len(self.key[0]) or shapes != self.key[1]
+                or any(a is not b for a, b in zip(objects, self.key[0]))):
+            self.key, self.calls, self.captured = (objects, shapes), 0, None
+        if self.captured is None and self.calls < self.WARMUP:
+            self.calls += 1
+            with self.graphs.warmup():
+                return function(*tensors)
+        if self.captured is None:
+            buffers = tuple(None if t is None else t.clone() for t in tensors)
+            try:
+                graph, out = self.graphs.capture(lambda: function(*buffers))
+            except Exception as err:        # an operation that cannot be captured, out of memory, ...
+                kind.failed = True
+                fallback_warning(f'{self.what} could not be captured as a CUDA graph', err, self.instead)
+                return function(*tensors)
+            self.captured = (graph, buffers, out)
+        graph, buffers, out = self.captured
+        for buffer, t in zip(buffers, tensors):
+            if t is not None:
+                buffer.copy_(t)
+        graph.replay()
+        return out

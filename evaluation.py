@@ -23,12 +23,18 @@ function under torch.compile (`CompiledBlocks`): Inductor fuses the bias, the co
 one pass over the scores. The same ranks (the same product, row by row); on the CPU 1.4-1.9x the eager blocks
 at 37.5k items on one thread, 1.07x on two at RSC15 scale (52,739 items, scripts/bench_train.py --full_scale:
 the product itself is most of the time there). A failed compilation prints one warning line and evaluates eagerly.
+
+`graphs` (--step_mode graph and compiled_graph, on a GPU): every step with all slots live has the same shapes
+(B rows, the reset mask a B-long tensor), so `full_batch_step` (the GRU step, then the blocks scored, ranked
+and counted eagerly) is captured once as a CUDA graph and replayed, one launch a step (EvaluationGraph); the
+tail, where slots run out and the batch shrinks, runs uncaptured: every row is ranked alone, so the numbers
+are those of the eager evaluation (the reciprocal-rank sums added in another order: float64 rounding).
 """
 import numpy as np
 import torch
 
 from dataset import SessionParallelIterator
-from devices import compilation_timer, fallback_warning
+from devices import GraphReplay, compilation_timer, fallback_warning
 from model import GRU4Rec
 
 TIE_MODES = ('standard', 'conservative', 'median')
@@ -93,11 +99,34 @@ class CompiledBlocks:
 
     def __call__(self, model, top, targets, k, tie_mode, rows):
         """(hits, reciprocal sums) of all rows of a step, in blocks of `rows` rows."""
-        hits = reciprocal = 0
-        for lo in range(0, len(top), rows):
-            h, r = self.function(top[lo:lo + rows], model.Wy, model.By, targets[lo:lo + rows], k, tie_mode)
-            hits, reciprocal = hits + h, reciprocal + r
-        return hits, reciprocal
+        return counts_in_blocks(self.function, model, top, targets, k, tie_mode, rows)
+
+
+def counts_in_blocks(function, model, top, targets, k, tie_mode, rows):
+    """(hits, reciprocal sums) of a GRU4Rec step's rows: `function` (block_counts, or it compiled) over
+    blocks of `rows` rows."""
+    hits = reciprocal = 0
+    for lo in range(0, len(top), rows):
+        h, r = function(top[lo:lo + rows], model.Wy, model.By, targets[lo:lo + rows], k, tie_mode)
+        hits, reciprocal = hits + h, reciprocal + r
+    return hits, reciprocal
+
+
+class EvaluationGraph(GraphReplay):
+    """The evaluation's full-batch step (`full_batch_step`) captured as a CUDA graph and replayed (issue
+    #31's evaluation with fixed shapes: every step with all slots live has the same shapes, and its counts
+    stay on the device). One per evaluate() call; the epoch's tail, where the batch shrinks, runs uncaptured.
+    A capture that fails warns once and the evaluation runs uncaptured (`failed`)."""
+
+    failed = False
+    what, instead = 'the evaluation step', 'evaluating without the graph'
+
+
+def full_batch_step(model, k, tie_mode, rows, inputs, reset, targets, *hidden):
+    """One evaluation step of a GRU4Rec model with static shapes: (hits, reciprocal sums, new hidden state);
+    the states of the rows in `reset` start from zero."""
+    hidden = model.hidden_step(inputs, [h.masked_fill(reset[:, None], 0.0) for h in hidden])
+    return (*counts_in_blocks(block_counts, model, hidden[-1], targets, k, tie_mode, rows), hidden)
 
 
 _compiled_blocks = None
@@ -114,9 +143,12 @@ def compiled_blocks(model):
 
 
 @torch.no_grad()
-def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu', compiled=False):
+def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_size=512, device='cpu', compiled=False,
+             graphs=None):
     """Evaluate a GRU4Rec model (or a baseline of baselines.py) on a SessionData read with its item map.
     compiled: score and rank GRU4Rec's blocks with the compiled block function (module docstring).
+    graphs: a CUDA graph API (devices.CudaGraphs; None: no capture): replay GRU4Rec's full-batch steps
+    from a CUDA graph (EvaluationGraph; it takes precedence over `compiled`).
 
     Returns {'Recall@K': .., 'MRR@K': .., 'n_predictions': .., 'tie_mode': ..}.
     """
@@ -134,9 +166,19 @@ def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_si
     rows = score_rows(len(data.item_map), device)
     hidden = model.init_hidden(iterator.n_slots, device)
     blocks = compiled_blocks(model) if compiled else None
+    graph = EvaluationGraph(graphs) if graphs is not None and isinstance(model, GRU4Rec) else None
+    no_reset = torch.zeros(iterator.n_slots, dtype=torch.bool, device=device)
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:
             hidden = [h[keep] for h in hidden]
+            graph = None            # the tail, where the batch shrinks: uncaptured (each row is ranked alone)
+        if graph is not None:
+            step_hits, step_reciprocal, hidden = graph.replay(
+                (model,), lambda *tensors: full_batch_step(model, k, tie_mode, rows, *tensors),
+                (inputs, no_reset if reset is None else reset, targets, *hidden))
+            hits += step_hits
+            reciprocal += step_reciprocal
+            continue
         if reset is not None:
             hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
         hidden = model.hidden_step(inputs, hidden)

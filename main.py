@@ -21,7 +21,7 @@ from devices import make_deterministic, pick_device
 from evaluation import DEFAULT_CUTOFFS, TIE_MODES, evaluate
 from optimizer import OPTIMIZERS
 from provenance import provenance
-from static_step import COMPILED_MODES, STEP_MODES
+from static_step import STEP_MODES, evaluation_options
 from training import resume_run, train
 
 
@@ -107,10 +107,9 @@ def run_eval(args, device):
     if data.dropped_events or data.dropped_sessions:
         print(f'{test_path}: dropped {data.dropped_events:,} clicks on items unknown to the model and '
               f'{data.dropped_sessions:,} sessions left shorter than 2')
-    compiled = (args.step_mode or config.get('step_mode')) in COMPILED_MODES
+    options = evaluation_options(args.step_mode or config.get('step_mode'), model)
     try:
-        metrics = evaluate(model, data, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
-                           compiled=compiled)
+        metrics = evaluate(model, data, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device, **options)
     except ValueError as err:
         raise InputError(f'--load_model {args.load_model}: {err}') from None
     print(f'{args.load_model} (epoch {state["epoch"]}) on {test_path}: {metrics["n_predictions"]:,} predictions, '
@@ -132,7 +131,9 @@ def run_eval(args, device):
     except (OSError, ValueError, KeyError):
         pass
     results[os.path.basename(args.load_model)] = dict(metrics, test_data=test_path, epoch=state['epoch'],
-                                                      step_mode=config.get('step_mode'), compiled_evaluation=compiled,
+                                                      step_mode=config.get('step_mode'),
+                                                      compiled_evaluation=options['compiled'],
+                                                      graph_evaluation=options['graphs'] is not None,
                                                       provenance=provenance(files, [config.get('seed')], device))
     write_json(results_path, results)
     return metrics

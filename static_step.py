@@ -38,7 +38,8 @@ torch.compile(fullgraph=True) (Inductor's C++ kernels on CPU, compiled at the fi
 run, up to a minute with a cold on-disk cache; a failure falls back to the fast step with one warning line);
 `graph` and `compiled_graph` capture the static or compiled step as a CUDA graph and replay it (GraphStep:
 GPU only; its buffer plumbing is tested on the CPU with a stand-in graph API, the capture itself needs a GPU
-and scripts/gpu_check.sh); `auto`, the default, picks `compiled` on the CPU where it measured faster, whole
+and scripts/gpu_check.sh), and evaluate with the full-batch steps captured too (`evaluation_options`;
+evaluation.EvaluationGraph); `auto`, the default, picks `compiled` on the CPU where it measured faster, whole
 runs with their compilation (`auto_mode`), else `fast`. Measured on 2 CPU cores (issue #31, open):
 * scripts/bench_static_step.py, RSC15 setting (37,500 items, B 32, 2048 samples: U = 1,953 of K = 2,112):
   eager 0.81-0.83x the fast step; compiled 1.15x (1 thread) / 1.16x (2 threads). A profile puts 2.3 of the
@@ -66,7 +67,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from devices import compilation_timer, fallback_warning, has_compiler
+from devices import CudaGraphs, GraphReplay, compilation_timer, fallback_warning, has_compiler
 from optimizer import AdagradM
 
 
@@ -248,80 +249,27 @@ class CompiledStep:
         print(f'compiled the static step in {seconds:.1f} s', flush=True)
 
 
-class CudaGraphs:
-    """What GraphStep needs of CUDA graphs: a context for the warm-up calls (a side stream, as torch's CUDA
-    graph notes ask) and the capture of a function (recorded, not run: nothing changes until a replay)."""
-
-    @staticmethod
-    def warmup():
-        import contextlib
-        stack = contextlib.ExitStack()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        stack.enter_context(torch.cuda.stream(side))
-        stack.callback(lambda: torch.cuda.current_stream().wait_stream(side))
-        return stack
-
-    @staticmethod
-    def capture(function):
-        """(graph with .replay(), what the function returned: tensors the replays write into)."""
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = function()
-        return graph, out
-
-
-class GraphStep:
+class GraphStep(GraphReplay):
     """A step function (`static_step`, or a CompiledStep) captured whole as a CUDA graph and replayed: one
-    launch a step. The first WARMUP calls of a setting run the function itself (compilation, cuBLAS
-    workspaces); the next one captures it with static input buffers and replays; every later call copies its
-    inputs (items, candidates, reset mask, logQ column, hidden state) into those buffers and replays.
-    Returns the graph's own output tensors: the loss and hidden state of a step are overwritten by the next
-    replay (the training loop reads the loss at once and passes the hidden state back). One setting is kept
-    (a new model, optimiser, loss or batch shape captures anew and frees the old graph). A capture that
-    fails prints one warning line and the function runs uncaptured from then on (`failed`); nothing has
-    changed when a capture fails. `graphs`: the CUDA graph API (CudaGraphs; the tests give a CPU stand-in)."""
+    launch a step (devices.GraphReplay: WARMUP plain calls, then one capture, then replays fed through its
+    input buffers: items, candidates, reset mask, logQ column, hidden state). Returns the graph's own output
+    tensors: the loss and hidden state of a step are overwritten by the next replay (the training loop reads
+    the loss at once and passes the hidden state back). One setting is kept (a new model, optimiser, loss or
+    batch shape captures anew and frees the old graph). A capture that fails prints one warning line and the
+    function runs uncaptured from then on (`failed`); nothing has changed when a capture fails. `graphs`:
+    the CUDA graph API (devices.CudaGraphs; the tests give a CPU stand-in)."""
 
-    WARMUP = 3
     failed = False
+    what, instead = 'the static step', 'training without the graph'
 
     def __init__(self, function, graphs=CudaGraphs):
-        self.function, self.graphs = function, graphs
-        self.key, self.calls, self.captured = None, 0, None
+        super().__init__(graphs)
+        self.function = function
 
     def __call__(self, model, optimizer, loss, inputs, hidden, candidates, reset, correction=None):
-        if GraphStep.failed:
-            return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
-        key = (model, optimizer, loss, len(inputs), len(candidates), correction is None)
-        if self.key is None or any(a is not b for a, b in zip(key[:3], self.key)) or key[3:] != self.key[3:]:
-            self.key, self.calls, self.captured = key, 0, None      # (the objects held: an id could be reused)
-        if self.captured is None and self.calls < self.WARMUP:
-            self.calls += 1
-            with self.graphs.warmup():
-                return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
-        if self.captured is None:
-            b_inputs, b_candidates, b_reset = (t.clone() for t in (inputs, candidates, reset))
-            b_hidden = [h.clone() for h in hidden]
-            b_correction = None if correction is None else correction.clone()
-            try:
-                graph, out = self.graphs.capture(lambda: self.function(model, optimizer, loss, b_inputs, b_hidden,
-                                                                       b_candidates, b_reset, b_correction))
-            except Exception as err:        # an operation that cannot be captured, out of memory, ...
-                GraphStep.failed = True
-                fallback_warning('the static step could not be captured as a CUDA graph', err,
-                                 'training without the graph')
-                return self.function(model, optimizer, loss, inputs, hidden, candidates, reset, correction)
-            self.captured = (graph, (b_inputs, b_candidates, b_reset, b_hidden, b_correction), out)
-        graph, (b_inputs, b_candidates, b_reset, b_hidden, b_correction), out = self.captured
-        b_inputs.copy_(inputs)
-        b_candidates.copy_(candidates)
-        b_reset.copy_(reset)
-        if correction is not None:
-            b_correction.copy_(correction)
-        for buffer, h in zip(b_hidden, hidden):
-            buffer.copy_(h)
-        graph.replay()
-        return out
+        def step(inputs, candidates, reset, correction, *hidden):
+            return self.function(model, optimizer, loss, inputs, list(hidden), candidates, reset, correction)
+        return self.replay((model, optimizer, loss), step, (inputs, candidates, reset, correction, *hidden))
 
 
 _compiled = None
@@ -331,8 +279,15 @@ _warned = set()
 
 
 def graphs_possible(model):
-    """CUDA graphs need the model on a CUDA device."""
-    return model.Wy.is_cuda
+    """CUDA graphs need the model (a GRU4Rec) on a CUDA device."""
+    return getattr(model, 'Wy', None) is not None and model.Wy.is_cuda
+
+
+def evaluation_options(mode, model):
+    """evaluate()'s keyword arguments for a run in step mode `mode` (mode_in_effect's): the compiled blocks in
+    the compiled modes; the full-batch steps captured as a CUDA graph in the graph modes on a CUDA model."""
+    graphs = GRAPH_API if mode in GRAPH_MODES and graphs_possible(model) else None
+    return {'compiled': mode in COMPILED_MODES, 'graphs': graphs}
 
 
 def step_for(mode, model, optimizer):

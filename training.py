@@ -222,7 +222,7 @@ def train(args, config, device, resume=None):
             metrics = None
             if valid is not None:
                 metrics = evaluate(model, valid, args.eval_cutoffs, args.tie_mode, args.eval_batch_size, device,
-                                   compiled=mode in static_step.COMPILED_MODES)
+                                   **static_step.evaluation_options(mode, model))
                 line += '  ' + '  '.join(f'{k} {v:.4f}' for k, v in metrics.items() if '@' in k)
             history.append({'epoch': epoch, 'loss': loss, 'metrics': metrics})
             path = os.path.join(run_dir, f'model_{epoch:05d}.pt')

@@ -42,8 +42,9 @@ Data: the real 84k-click sample (../shared/data/yoochoose-clicks-sample.dat, pre
 folder; the synthetic demo data when absent) and a synthetic split with about 38.7k training items (the
 RSC15 item count; scripts/make_synthetic.py).
 Evaluation = predictions per second over the test split (all items ranked, batch 512) on the first row
-of each data set, eager and compiled (evaluate(compiled=True), as --step_mode compiled evaluates; its
-compilation in an untimed call before), beside the rate the score product alone allows (an addmm of 512
+of each data set, eager, compiled (evaluate(compiled=True), as --step_mode compiled evaluates; its
+compilation in an untimed call before) and, on a GPU, with the full-batch steps replayed from a CUDA graph
+(evaluate(graphs=...), as the graph modes evaluate; after an untimed call), beside the rate the score product alone allows (an addmm of 512
 states by all items, timed alone): no exact full ranking can beat that bound by much (the compiled blocks
 can: Inductor adds the bias inside its own pass, not in the product).
 --official_code DIR: against the official PyTorch code itself, from your own clone of
@@ -270,20 +271,23 @@ def roofline(config, device='cpu', timer=gemm_seconds):
     return config['batch_size'] / seconds, step_flops(config), seconds
 
 
-def eval_speeds(model, test, device, ways=(False, True)):
-    """(predictions/s of evaluate over the test split, the same compiled (evaluate(compiled=True), after a
-    compiling call on a few sessions), predictions/s the score product alone allows); `ways`: which of the
-    two to run (the other is None)."""
+EVAL_WAYS = {'eager': {}, 'compiled': {'compiled': True}, 'graph': {'graphs': static_step.GRAPH_API}}
+
+
+def eval_speeds(model, test, device, ways=tuple(EVAL_WAYS)):
+    """(predictions/s of evaluate over the test split: eager, compiled (evaluate(compiled=True), after a
+    compiling call on a few sessions), with the full-batch steps replayed from a CUDA graph (GPU only), and
+    the predictions/s the score product alone allows); `ways`: which of the three to run (the others None)."""
     speeds = []
-    for compiled in (False, True):
-        if compiled not in ways:
+    for way, options in EVAL_WAYS.items():
+        if way not in ways or (way == 'graph' and not str(device).startswith('cuda')):
             speeds.append(None)
             continue
-        if compiled:
-            evaluate(model, subset(test, 2000), batch_size=512, device=device, compiled=True)
+        if way != 'eager':      # compiling, or a warm-up of the capture (each evaluate() call captures anew)
+            evaluate(model, subset(test, 2000), batch_size=512, device=device, **options)
         sync(device)
         start = time.perf_counter()
-        result = evaluate(model, test, batch_size=512, device=device, compiled=compiled)
+        result = evaluate(model, test, batch_size=512, device=device, **options)
         sync(device)
         speeds.append(result['n_predictions'] / (time.perf_counter() - start))
     h = torch.randn(512, model.layers[-1], device=device)
@@ -295,7 +299,7 @@ def eval_speeds(model, test, device, ways=(False, True)):
     for _ in range(5):
         torch.addmm(bias, h, weights, out=out)
     sync(device)
-    return speeds[0], speeds[1], 5 * 512 / (time.perf_counter() - start)
+    return (*speeds, 5 * 512 / (time.perf_counter() - start))
 
 
 def datasets(folder, synthetic=True, synthetic_sessions=800_000):
@@ -344,17 +348,18 @@ def full_scale(folder, device, steps, mode='fast'):
     config = {**DEFAULTS, **RSC15, 'step_mode': mode}
     run = prepared(train, config, device, None, True, warmup=50)
     train_speed = epoch_speed(run, steps)
-    eval_speed, compiled_eval, bound = eval_speeds(run[0], subset(test, 100_000), device,
-                                                   [mode in static_step.COMPILED_MODES])
+    ways = ['compiled' if mode in static_step.COMPILED_MODES else 'eager'] + \
+        (['graph'] if mode in static_step.GRAPH_MODES else [])
+    eval_speed, compiled_eval, graph_eval, bound = eval_speeds(run[0], subset(test, 100_000), device, ways)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     gpu = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.startswith('cuda') else None
     print(f'\n{folder}: {train.n_events:,} training events, {len(train.item_map):,} items, '
           f'loaded in {load:.1f} s; rsc15_xe_shared_100 on {device}, --step_mode {mode}, {torch.get_num_threads()} '
           f'threads\n')
     print('| training events/s | epoch (min, at that speed) | eval predictions/s | compiled eval predictions/s | '
-          'score-product bound | peak RSS (GB) | peak GPU memory (GB) |')
-    print('|---|---|---|---|---|---|---|')
-    cells = ' | '.join('-' if x is None else f'{x:,.0f}' for x in (eval_speed, compiled_eval))
+          'graph eval predictions/s | score-product bound | peak RSS (GB) | peak GPU memory (GB) |')
+    print('|---|---|---|---|---|---|---|---|')
+    cells = ' | '.join('-' if x is None else f'{x:,.0f}' for x in (eval_speed, compiled_eval, graph_eval))
     print(f'| {train_speed:,.0f} | {train.n_events / train_speed / 60:,.1f} | {cells} | '
           f'{bound:,.0f} | {peak:.2f} | {"-" if gpu is None else f"{gpu:.2f}"} |')
 
@@ -566,11 +571,11 @@ def default_table(devices, quick, steps, rounds, only=None, first=None, syntheti
     print()
     print('| data | items | device | setting | layers / batch / n_sample / loss | fast events/s | plain events/s | '
           'official-style events/s | fast / plain | fast / official-style | roofline events/s | GFLOP a step | '
-          'roofline GFLOP/s | fast / roofline | eval predictions/s | compiled eval predictions/s | score-product bound | '
-          'peak GPU memory (GiB) |')
-    print('|---' * 18 + '|')
+          'roofline GFLOP/s | fast / roofline | eval predictions/s | compiled eval predictions/s | graph eval '
+          'predictions/s | score-product bound | peak GPU memory (GiB) |')
+    print('|---' * 19 + '|')
     for name, items, device, setting, config, speeds, evaluation, peak in table:
-        ev = ' | '.join(f'{x:,.0f}' for x in evaluation) if evaluation else ' | | '
+        ev = ' | '.join('-' if x is None else f'{x:,.0f}' for x in evaluation) if evaluation else ' | | | '
         print(f'| {name} | {items:,} | {device} | {setting} | {describe(config)} | {max(speeds["fast"]):,.0f} | '
               f'{max(speeds["plain"]):,.0f} | {max(speeds["official"]):,.0f} | '
               f'{median_ratio(speeds, "fast", "plain"):.2f} | {median_ratio(speeds, "fast", "official"):.2f} | '

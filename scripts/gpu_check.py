@@ -25,6 +25,8 @@ Steps (D = --device):
      compared step is a replay), one step of each from copies of one state (XE at 100 units, BPR-max with
      ELU at 512; dropout off, as a CUDA graph draws its own numbers): weights and optimiser state within
      1e-5 of the largest value (the updates themselves are reported too), losses within 1e-5;
+     On a GPU also the evaluation with its full-batch steps replayed from a CUDA graph against the eager
+     one (the trained checkpoint's test metrics within 1e-9);
   9. one epoch of every other model (baselines and comparison models) on D, evaluated;
  10. scripts/bench_train.py --quick --device D: events/s, evaluation predictions/s, peak GPU memory;
  11. on a GPU, scripts/bench_static_step.py --device D over the six paramfiles at 37,500 items: every step
@@ -291,6 +293,22 @@ def checks(args, folder):
                                 f'{loss:.1e}' for mode, (state, update, loss) in worst.items()) + ' (<= 1e-5 but the updates)')
     report.run(f'static-step modes vs the fast step on {device}', step_modes)
 
+    def graph_evaluation():
+        """The trained checkpoint's test metrics with the full-batch steps replayed from a CUDA graph (as the
+        graph modes evaluate) against the eager evaluation: the same ranks, the sums in another order."""
+        from checkpoints import load_checkpoint
+        from dataset import SessionData
+        from devices import CudaGraphs
+        from evaluation import evaluate
+        model, _, item_map, _ = load_checkpoint(runs['device'][0], device)
+        test = SessionData(os.path.join(data, 'rsc15_test.txt'), item_map=item_map)
+        eager = evaluate(model, test, device=device)
+        replayed = evaluate(model, test, device=device, graphs=CudaGraphs)
+        gap = max(abs(replayed[k] - eager[k]) for k in eager if '@' in k)
+        return gap <= 1e-9, f'largest metric difference {gap:.1e} (<= 1e-9) over {eager["n_predictions"]:,} predictions'
+    if device != 'cpu':
+        report.run(f'the evaluation replayed from a CUDA graph vs eager on {device}', graph_evaluation)
+
     def other_models():
         done = []
         for name in MODELS[1:]:
@@ -314,7 +332,8 @@ def checks(args, folder):
             if len(bench) > 2 else ([], [])
         cell = dict(zip(header, first))
         return True, (f'fast {cell.get("fast events/s", "?")} events/s, evaluation '
-                      f'{cell.get("eval predictions/s", "?")} predictions/s (table below)')
+                      f'{cell.get("eval predictions/s", "?")} predictions/s, replayed from a CUDA graph '
+                      f'{cell.get("graph eval predictions/s", "?")} (table below)')
     report.run(f'scripts/bench_train.py --quick --device {device}', benchmark)
     report.bench = bench
     modes_table = []

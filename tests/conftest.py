@@ -70,3 +70,38 @@ def steps(model, items):
         hidden = model.hidden_step(torch.tensor([item]), hidden)
         out.append(model.score_all(hidden[-1])[0].tolist())
     return out
+
+
+class ReplayOnCPU:
+    """The CUDA graph API of devices.GraphReplay on the CPU: capture records the function without its effects
+    (the model, the optimiser's state if one is given and the RNG put back, as a CUDA capture runs nothing),
+    replay runs it and writes its results into the captured outputs, as a graph's kernels write into their
+    fixed buffers."""
+
+    def __init__(self, model, optimizer=None):
+        self.model, self.optimizer, self.captures, self.replays = model, optimizer, 0, 0
+
+    def warmup(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def capture(self, function):
+        import torch
+        from torch.utils._pytree import tree_leaves
+        state = [] if self.optimizer is None else [t for s in self.optimizer.state.values() for t in s.values()]
+        tensors = list(self.model.parameters()) + state
+        saved, rng = [t.clone() for t in tensors], torch.get_rng_state()
+        out = function()
+        with torch.no_grad():
+            for t, value in zip(tensors, saved):
+                t.copy_(value)
+        torch.set_rng_state(rng)
+        self.captures += 1
+        outer = self
+
+        class Graph:
+            def replay(self):
+                outer.replays += 1
+                for buffer, value in zip(tree_leaves(out), tree_leaves(function())):
+                    buffer.copy_(value)
+        return Graph(), out

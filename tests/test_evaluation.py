@@ -157,3 +157,54 @@ def test_a_failed_compilation_of_the_evaluation_falls_back_with_one_warning(tmp_
     assert capsys.readouterr().err.splitlines() == [
         'warning: the evaluation did not compile (RuntimeError: no working C++ compiler found); evaluating eagerly']
     assert evaluate(model, data, batch_size=3, compiled=True) == eager and capsys.readouterr().err == ''
+
+
+def test_the_captured_full_batch_steps_give_the_eager_evaluation(tmp_path, monkeypatch, capsys):
+    """evaluate(graphs=...): the steps with every slot live replayed from one capture (a CPU stand-in for the
+    CUDA graph API, fed through its input buffers: items, reset masks, targets, hidden state), the tail
+    uncaptured; every tie mode against the brute force and the eager evaluation. A capture that fails warns
+    once and evaluates uncaptured, with the same numbers."""
+    from conftest import ReplayOnCPU
+    from dataset import SessionParallelIterator
+    monkeypatch.setattr(evaluation, 'SCORE_BLOCK', 36)          # 3 rows of 12 items at a time
+    n_items = 12
+    item_map = ItemMap([f'i{k}' for k in range(n_items)])
+    generator = torch.Generator().manual_seed(8)
+    sessions, rows = [], []
+    for s in range(40):
+        length = int(torch.randint(2, 8, (1,), generator=generator))
+        items = torch.randint(0, n_items, (length,), generator=generator).tolist()
+        sessions.append(items)
+        rows += [(s, f'i{item}', 100 * s + t) for t, item in enumerate(items)]
+    data = SessionData(write_split(tmp_path / 'test.txt', rows), item_map=item_map)
+    full = 0
+    for step in SessionParallelIterator(data, 5):
+        if step.keep is not None:
+            break
+        full += 1
+    assert full > evaluation.EvaluationGraph.WARMUP + 5
+    model = GRU4Rec(n_items, layers=[6, 5], dropout_p_hidden=0.3)
+    with torch.no_grad():
+        model.By.uniform_(-0.2, 0.2)
+        model.Wy[3], model.By[3] = model.Wy[5], model.By[5]           # identical items: ties
+    monkeypatch.setattr(evaluation.EvaluationGraph, 'failed', False)
+    for tie_mode in ('standard', 'conservative', 'median'):
+        api = ReplayOnCPU(model)
+        got = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=5, graphs=api)
+        assert api.captures == 1 and api.replays == full - evaluation.EvaluationGraph.WARMUP
+        expected, n = brute_force(model, sessions, tie_mode, (1, 3, 5))
+        eager = evaluate(model, data, cutoffs=(1, 3, 5), tie_mode=tie_mode, batch_size=5)
+        assert got['n_predictions'] == n == eager['n_predictions']
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, abs=1e-12) and got[key] == pytest.approx(eager[key], abs=1e-12)
+
+    class Refusing(ReplayOnCPU):
+        def capture(self, function):
+            raise RuntimeError('operation not permitted when stream is capturing')
+
+    eager = evaluate(model, data, batch_size=5)
+    assert evaluate(model, data, batch_size=5, graphs=Refusing(model)) == pytest.approx(eager, abs=1e-12)
+    assert evaluate(model, data, batch_size=5, graphs=Refusing(model)) == pytest.approx(eager, abs=1e-12)
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: the evaluation step could not be captured as a CUDA graph (RuntimeError: operation not '
+        'permitted when stream is capturing); evaluating without the graph']

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from config import DEFAULTS, PRESETS
-from conftest import synthetic_split
+from conftest import ReplayOnCPU, synthetic_split
 from dataset import SessionData
 import static_step
 from training import training_setup
@@ -296,6 +296,7 @@ def test_auto_in_a_run_is_recorded_resolved(tmp_path, capsys, monkeypatch):
     with open(os.path.join(os.path.dirname(path), 'results.json')) as f:
         entry = json.load(f)[os.path.basename(path)]
     assert entry['step_mode'] == 'compiled' and entry['compiled_evaluation'] is False     # the last --is_eval: fast
+    assert entry['graph_evaluation'] is False
 
 
 def test_the_mode_in_effect():
@@ -312,6 +313,25 @@ def test_the_mode_in_effect():
     assert mode({'step_mode': 'static', 'fast_step': False}, shared, adagrad) == 'plain'
     assert mode({}, shared, adagrad) == 'fast'
     assert mode({'step_mode': 'auto'}, shared, adagrad) == 'fast'     # unresolved (a bare train_epoch)
+
+
+def test_the_evaluation_of_each_mode(monkeypatch):
+    """evaluate()'s options per step mode: the compiled blocks in the compiled modes, the CUDA graph API in the
+    graph modes, for a GRU4Rec on a CUDA device only (stood in for by patching graphs_possible)."""
+    from baselines import Pop
+    from checkpoints import build_model
+    model = build_model(DEFAULTS, 50, 'cpu')
+    options = static_step.evaluation_options
+    assert options('fast', model) == options(None, model) == {'compiled': False, 'graphs': None}
+    assert options('compiled', model) == options('compiled_graph', model) == {'compiled': True, 'graphs': None}
+    assert options('graph', model) == {'compiled': False, 'graphs': None}         # a CPU model
+    assert options('graph', Pop(50)) == {'compiled': False, 'graphs': None}      # no GRU4Rec
+    monkeypatch.setattr(static_step, 'GRAPH_API', 'the CUDA graph API')
+    monkeypatch.setattr(static_step, 'graphs_possible', lambda m: m is model)
+    assert options('graph', model) == {'compiled': False, 'graphs': 'the CUDA graph API'}
+    assert options('compiled_graph', model) == {'compiled': True, 'graphs': 'the CUDA graph API'}
+    assert options('compiled', model) == {'compiled': True, 'graphs': None}
+    assert options('static', model) == {'compiled': False, 'graphs': None}
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
@@ -346,39 +366,6 @@ def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(t
 
 
 # ---------------------------------------------------------------- CUDA graph replay, with a CPU stand-in
-
-class ReplayOnCPU:
-    """The CUDA graph API of static_step.GraphStep on the CPU: capture records the function without its effects
-    (the model, optimiser and RNG put back, as a CUDA capture runs nothing), replay runs it and writes its
-    results into the captured outputs, as a graph's kernels write into their fixed buffers."""
-
-    def __init__(self, model, optimizer):
-        self.model, self.optimizer, self.captures, self.replays = model, optimizer, 0, 0
-
-    def warmup(self):
-        import contextlib
-        return contextlib.nullcontext()
-
-    def capture(self, function):
-        tensors = list(self.model.parameters()) + [t for s in self.optimizer.state.values() for t in s.values()]
-        saved, rng = [t.clone() for t in tensors], torch.get_rng_state()
-        out = function()
-        with torch.no_grad():
-            for t, value in zip(tensors, saved):
-                t.copy_(value)
-        torch.set_rng_state(rng)
-        self.captures += 1
-        outer = self
-
-        class Graph:
-            def replay(self):
-                outer.replays += 1
-                loss, hidden = function()
-                out[0].copy_(loss)
-                for buffer, h in zip(out[1], hidden):
-                    buffer.copy_(h)
-        return Graph(), out
-
 
 def test_graph_step_replays_the_static_step_bit_for_bit(train, monkeypatch):
     """30 training steps through GraphStep (3 warm-up calls, one capture, replays fed through its input
