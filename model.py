@@ -150,6 +150,19 @@ def gru_cell_backward(cell, x, h, gates, grad):
     return grad_gi @ cell.weight_ih
 
 
+def onehot_gru(a, h, U):
+    """The one-hot first layer's GRU step (spec B3.3) from its input activations a = x W_x + b (M, 3L):
+    [r, z] = sigmoid(a_r,z + h U_r,z), candidate = tanh((r * h) U_h + a_h), h' = h + z (candidate - h).
+    Returns h' and the gates (r, z, r * h, candidate)."""
+    L = h.shape[1]
+    hu = h @ U[:, :2 * L]
+    r = torch.sigmoid(a[:, :L] + hu[:, :L])
+    z = torch.sigmoid(a[:, L:2 * L] + hu[:, L:])
+    rh = r * h
+    candidate = torch.tanh(rh @ U[:, 2 * L:] + a[:, 2 * L:])
+    return h + z * (candidate - h), (r, z, rh, candidate)        # (1 - z) h + z candidate
+
+
 def dropout_noise(x, p, bernoulli=False):
     """Inverted dropout's scaled keep mask for x (spec B4): 1 / (1 - p) with probability 1 - p, else 0;
     None when p = 0. Both training paths multiply by it. By default drawn as uniform >= p: torch's
@@ -220,17 +233,39 @@ class GRU4Rec(nn.Module):
 
     def _first_layer_onehot(self, inputs, h):
         """Spec B3.3: [a_r, a_z, a_h] = x W_x + b with x one-hot; r, z gates and candidate from h U."""
-        a = self._lookup(self.Wx0, inputs)
-        if self.training and self.dropout_p_embed > 0:     # dropout of the one-hot input: the whole row
-            keep = torch.rand(len(inputs), 1, device=a.device) >= self.dropout_p_embed
-            a = a * keep / (1.0 - self.dropout_p_embed)
-        a = a + self.Bx0
+        a, _ = self._onehot_input(self._lookup(self.Wx0, inputs), self.training)
+        return onehot_gru(a + self.Bx0, h, self.U0)[0]
+
+    def _onehot_input(self, a, training):
+        """The one-hot input's dropout (the whole row) on its looked-up rows a: (a, the keep mask or None)."""
+        if not training or self.dropout_p_embed <= 0:
+            return a, None
+        keep = torch.rand(len(a), 1, device=a.device) >= self.dropout_p_embed
+        return a * keep / (1.0 - self.dropout_p_embed), keep
+
+    def onehot_forward(self, a, h):
+        """The static step's one-hot first layer from its looked-up rows a = W_x0[inputs] (M, 3L): the
+        arithmetic and random draws of _first_layer_onehot and the layer's output dropout (hidden_step's
+        order); returns (its output, what onehot_backward needs)."""
+        a, keep = self._onehot_input(a, True)
+        out, gates = onehot_gru(a + self.Bx0, h, self.U0)
+        noise = dropout_noise(out, self.dropout_p_hidden, self.bernoulli_dropout)
+        return (out if noise is None else out * noise), (h, gates, keep, noise)
+
+    def onehot_backward(self, saved, grad):
+        """The gradient of the looked-up rows of onehot_forward for the gradient `grad` of its output; sets
+        U0's and Bx0's .grad. The state h gets none (no BPTT, spec B10)."""
+        h, (r, z, rh, candidate), keep, noise = saved
         L = h.shape[1]
-        hu = h @ self.U0[:, :2 * L]
-        r = torch.sigmoid(a[:, :L] + hu[:, :L])
-        z = torch.sigmoid(a[:, L:2 * L] + hu[:, L:])
-        candidate = torch.tanh((r * h) @ self.U0[:, 2 * L:] + a[:, 2 * L:])
-        return h + z * (candidate - h)                  # (1 - z) h + z candidate
+        grad = grad if noise is None else grad * noise
+        grad_ac = torch.ops.aten.tanh_backward(grad * z, candidate)
+        grad_r = (grad_ac @ self.U0[:, 2 * L:].T) * h
+        grad_arz = torch.ops.aten.sigmoid_backward(torch.cat([grad_r, grad * (candidate - h)], 1),
+                                                   torch.cat([r, z], 1))
+        grad_a = torch.cat([grad_arz, grad_ac], 1)
+        self.U0.grad = torch.cat([h.T @ grad_arz, rh.T @ grad_ac], 1)
+        self.Bx0.grad = grad_a.sum(0)
+        return grad_a if keep is None else grad_a / (1.0 - self.dropout_p_embed) * keep
 
     def hidden_step(self, inputs, hidden, input_vectors=None):
         """One step of the GRU stack for item indices `inputs` (M,); hidden: list of (M, L) tensors.
@@ -287,6 +322,11 @@ class GRU4Rec(nn.Module):
         """train_step covers the shared and separate-embedding modes with row-sparse gradients."""
         return self.mode != 'none' and self.sparse and self.training
 
+    @property
+    def has_static_step(self):
+        """static_step.py covers every embedding mode (the one-hot one too) with row-sparse gradients."""
+        return self.sparse and self.training
+
     @torch.inference_mode()       # no autograd bookkeeping at all: about 6% of a step on CPU
     def train_step(self, inputs, hidden, candidates, loss, correction=None):
         """Fast path of a training step (issue #6): `forward`, the loss (a loss.ScoreLoss of the scores
@@ -327,11 +367,12 @@ class GRU4Rec(nn.Module):
         self.By.grad = _row_sparse(bias_rows, grad_bias, self.By.shape)
         return loss, new
 
-    def stack_forward(self, x, hidden):
+    def stack_forward(self, x, hidden, input_dropout=True):
         """The training step's GRU stack from the looked-up input vectors x (M, width): input dropout, every
         layer and its output dropout (spec B3.2, B4), as hidden_step; returns (new hidden list, what
-        stack_backward needs). The dropout masks are drawn in the order hidden_step draws them."""
-        noise_in = dropout_noise(x, self.dropout_p_embed, self.bernoulli_dropout)
+        stack_backward needs). The dropout masks are drawn in the order hidden_step draws them. In the
+        one-hot mode: the GRUCell layers above the first (input_dropout=False: x is its output)."""
+        noise_in = dropout_noise(x, self.dropout_p_embed, self.bernoulli_dropout) if input_dropout else None
         x = x if noise_in is None else x * noise_in
         saved, new = [], []
         for cell, h in zip(self.cells, hidden):

@@ -26,8 +26,8 @@ K = 2,112; bit-equal at the small sizes of tests/test_static_step.py on this mac
 update to 1e-5 from each of 30 states). The epoch's tail, where slots run out and the batch shrinks
 (spec B2), stays on the fast step: its shapes change every few steps.
 
-Covered: the shared and separate-embedding modes (the one-hot mode keeps the eager step), AdagradM with
-and without momentum; the losses with an explicit gradient (cross-entropy, BPR-max with ELU or linear
+Covered: every embedding mode (shared, separate and the one-hot input, whose epoch tail runs the plain step:
+the fast step does not cover it), AdagradM with and without momentum; the losses with an explicit gradient (cross-entropy, BPR-max with ELU or linear
 activation) and the others through autograd on the scores, which compile whole too (Dynamo's
 trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2 threads) compiled / fast
 1.45-1.52x for TOP1, 1.27-1.33x BPR, 1.21-1.22x TOP1-max, 1.19-1.22x BPR-max with tanh (two runs of
@@ -122,7 +122,8 @@ def optimizer_tensors(model, optimizer):
     optimiser object is reused by the next model of the same settings (Dynamo guards an object it reads a
     dict from by its identity, so every new optimiser compiled anew: 5 s each, and the 9th failed)."""
     group = optimizer.param_groups[0]
-    tables = [model.Wy, model.By] + ([model.E] if model.mode == 'separate' else [])
+    tables = [model.Wy, model.By] + ([model.E] if model.mode == 'separate' else []) + \
+        ([model.Wx0] if model.mode == 'none' else [])
     dense = [p for p in group['params'] if all(p is not t for t in tables)]
     return ([optimizer.state[t] for t in tables], dense, [optimizer.state[p] for p in dense],
             (group['lr'], group['momentum'], group['eps']))
@@ -140,14 +141,19 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
         w = model.Wy.index_select(0, rows)
         x = w.index_select(0, segment[:M])
         columns = segment[M:]
-    else:
+    else:                       # separate: the input table E; one-hot: the first layer's input weights W_x0
         in_sorted, in_sorted_segment, in_segment, in_rows = segments(inputs)
-        x = model.E.index_select(0, in_rows).index_select(0, in_segment)
+        x = (model.E if model.mode == 'separate' else model.Wx0).index_select(0, in_rows).index_select(0, in_segment)
         sorted_ids, sorted_segment, columns, rows = segments(candidates)
         w = model.Wy.index_select(0, rows)
     K = len(rows)
     bias = model.By.index_select(0, rows).index_select(0, columns)
-    new, saved = model.stack_forward(x, hidden)
+    if model.mode == 'none':
+        first, first_saved = model.onehot_forward(x, hidden[0])
+        new, saved = model.stack_forward(first, hidden[1:], input_dropout=False)
+        new = [first] + new
+    else:
+        new, saved = model.stack_forward(x, hidden)
     top = new[-1]
     columns_m = columns.expand(M, -1)
     scores = F.linear(top, w).gather(1, columns_m) + bias
@@ -156,6 +162,8 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     grad_scores = grad_scores.new_zeros(M, K).scatter_add_(1, columns_m, grad_scores)
     grad_w = grad_scores.T @ top
     grad = model.stack_backward(saved, grad_scores @ w)
+    if model.mode == 'none':
+        grad = model.onehot_backward(first_saved, grad)
     if model.mode == 'shared':
         grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).index_add_(0, segment[:M], grad)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
@@ -164,7 +172,8 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
                    touched=candidate)
     else:
         grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_segment, grad)
-        row_update(model.E, table_states[2], in_rows, grad_x, in_sorted, in_sorted_segment, lr, mu, eps)
+        row_update(model.E if model.mode == 'separate' else model.Wx0, table_states[2], in_rows, grad_x, in_sorted,
+                   in_sorted_segment, lr, mu, eps)
         row_update(model.Wy, table_states[0], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
         row_update(model.By, table_states[1], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps)
     AdagradM._dense_step(dense, [p.grad for p in dense], dense_states, lr, mu, eps)
@@ -193,7 +202,7 @@ COMPILED_MODES = ('compiled', 'compiled_graph')   # these also evaluate compiled
 def supported(model, optimizer):
     """Whether the static step covers this model and optimiser (module docstring): the fast step's modes with
     AdagradM in one parameter group."""
-    return (getattr(model, 'has_fast_step', False) and isinstance(optimizer, AdagradM)
+    return (getattr(model, 'has_static_step', False) and isinstance(optimizer, AdagradM)
             and len(optimizer.param_groups) == 1)
 
 
@@ -213,7 +222,8 @@ class CompiledStep:
     settings reuses the compiled step; another learning rate or momentum compiles anew (Dynamo specialises
     on numbers). Dropout draws the eager step's numbers (Inductor's fallback_random). A compilation that
     fails prints one warning line and the step runs eagerly from then on (`failed`; the training loop takes
-    the fast step instead, `fell_back`); nothing has changed the state when a compilation fails."""
+    the fast step, or the plain one for the one-hot input, instead: `fell_back`); nothing has changed the
+    state when a compilation fails."""
 
     failed = False
     RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
@@ -240,7 +250,8 @@ class CompiledStep:
                 return self.function(model, *self.last[2], *args)
         except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
             CompiledStep.failed = True      # recompile limit (RECOMPILE_LIMIT settings in one process), ...
-            fallback_warning('the static step did not compile', err, 'training with the fast step')
+            fallback_warning('the static step did not compile', err,
+                             f'training with the {"fast" if model.has_fast_step else "plain"} step')
             return static_step(model, optimizer, *args)
 
     @staticmethod
@@ -331,42 +342,50 @@ def auto_mode(config, model, optimizer, n_items, n_events, device, loss=None):
     AUTO_WORK events x epochs; batches up to AUTO_MAX_BATCH: rees46's batch of 240 at 512 units measured
     0.85x / 0.94x on 2,808 / 18,752 items, the other five paramfiles 0.95-1.23x), else the fast step; on a
     GPU the fast step until scripts/gpu_check.sh has measured the graph modes there. `loss` (a loss.ScoreLoss):
-    one that takes its gradient from autograd (TOP1, BPR, ...) compiles only where Dynamo traces autograd."""
+    one that takes its gradient from autograd (TOP1, BPR, ...) compiles only where Dynamo traces autograd.
+    The one-hot input (no fast step: the plain one) trains statically instead: compiled where the compilation
+    pays (the iclr16 presets, 2 threads, compiled / plain: TOP1 2.47-2.95x, BPR 2.49x at batch 50, from 2,808
+    to 37,500 items, as its candidates are the batch's targets alone; XE at batch 500 1.09-1.17x), else the
+    eager static step (1.14-1.23x plain, no compilation)."""
     if torch.device(device).type != 'cpu':
         return 'fast', 'the graph modes are not yet measured on a GPU'
     if not supported(model, optimizer) or not config.get('fast_step', True):
         return 'fast', 'the static step does not cover this model or optimiser'
+    onehot = not model.has_fast_step
+    otherwise = 'static' if onehot else 'fast'
     work = n_events * config.get('n_epochs', 1)
-    if n_items < AUTO_ITEMS or work < AUTO_WORK:
-        return 'fast', (f'{n_items:,} items, {work:,} events x epochs: compiling pays from {AUTO_ITEMS:,} and '
-                        f'{AUTO_WORK:,}')
+    if work < AUTO_WORK or (n_items < AUTO_ITEMS and not (onehot and config.get('n_sample', 0) == 0)):
+        return otherwise, (f'{n_items:,} items, {work:,} events x epochs: compiling pays from '
+                           + ('' if onehot and config.get('n_sample', 0) == 0 else f'{AUTO_ITEMS:,} and ')
+                           + f'{AUTO_WORK:,}')
     if loss is not None and loss.explicit is None and not traces_autograd():
-        return 'fast', "this torch's Dynamo cannot trace the loss's autograd gradient"
+        return otherwise, "this torch's Dynamo cannot trace the loss's autograd gradient"
     if config.get('batch_size', 0) > AUTO_MAX_BATCH:
-        return 'fast', f'batch size {config["batch_size"]}: compiling pays up to {AUTO_MAX_BATCH}'
+        return otherwise, f'batch size {config["batch_size"]}: compiling pays up to {AUTO_MAX_BATCH}'
     if not has_compiler():
-        print('warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step',
-              file=sys.stderr)
-        return 'fast', 'no C++ compiler'
+        print(f'warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the {otherwise} '
+              'step', file=sys.stderr)
+        return otherwise, 'no C++ compiler'
     return 'compiled', f'{n_items:,} items, {work:,} events x epochs'
 
 
 def mode_in_effect(config, model, optimizer):
     """The step mode a run trains with: --step_mode, unless the model or optimiser is not covered (fast, or
-    plain where the fast step does not apply either), --no-fast_step asks for plain, or a graph mode meets a
-    model off CUDA (fast, with one warning line a process)."""
-    fast = config.get('fast_step', True) and getattr(model, 'has_fast_step', False)
+    plain where the fast step does not apply: the one-hot mode), --no-fast_step asks for plain, or a graph
+    mode meets a model off CUDA (fast or plain, with one warning line a process)."""
+    allowed = config.get('fast_step', True)
+    fast = 'fast' if allowed and getattr(model, 'has_fast_step', False) else 'plain'
     mode = config.get('step_mode', 'fast')
     if mode == 'auto':                      # resolved by training.train; here (a bare train_epoch) the fast step
         mode = 'fast'
-    if not fast:
+    if mode == 'plain' or not allowed:
         return 'plain'
-    if mode in STATIC_MODES and not supported(model, optimizer):
-        return 'fast'
+    if mode not in STATIC_MODES or not supported(model, optimizer):
+        return fast
     if mode in GRAPH_MODES and not graphs_possible(model):
         if mode not in _warned:
             _warned.add(mode)
-            print(f'warning: --step_mode {mode} needs a CUDA device (CUDA graphs); training with the fast step',
+            print(f'warning: --step_mode {mode} needs a CUDA device (CUDA graphs); training with the {fast} step',
                   file=sys.stderr)
-        return 'fast'
+        return fast
     return mode

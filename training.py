@@ -51,7 +51,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
     n_sample = config['n_sample']
     split = config['batch_size'] if 'n_valid' in config.get('official_quirks', ()) else None   # B12.1
     mode = static_step.mode_in_effect(config, model, optimizer)
-    fast = mode != 'plain'
+    fast = mode != 'plain' and model.has_fast_step      # (the one-hot mode's static runs: plain beside them)
     static = static_step.step_for(mode, model, optimizer)      # None: the fast or plain step
     update = getattr(optimizer, 'update', optimizer.step)     # AdagradM: its step without torch's wrapper
     hidden = model.init_hidden(iterator.n_slots, device)
@@ -95,7 +95,7 @@ def train_epoch(model, optimizer, loss_fn, iterator, sampler, logq_tables, confi
         if static is None:
             update()
         elif static_step.fell_back(static):
-            static = None      # the compilation failed (one warning line): the fast step for the rest of the epoch
+            static = None      # the compilation failed (one warning line): fast (plain) for the rest of the epoch
         if not fast:
             hidden = [h.detach() for h in hidden]
         weight = len(targets) if split is None else split

@@ -47,6 +47,9 @@ CASES = {
     'XE, separate embedding, input dropout': dict(PRESETS['rsc15_xe_shared_100'], constrained_embedding=False,
                                                   embedding_dim=12, layers=[20], n_sample=32, batch_size=16,
                                                   dropout_input=0.2),
+    'BPR, one-hot input, two layers, both dropouts, momentum': dict(PRESETS['iclr16_bpr'], layers=[12, 10],
+                                                                    dropout_input=0.25, dropout_hidden=0.3,
+                                                                    batch_size=16, n_sample=24),
 }
 
 
@@ -60,7 +63,8 @@ def train(tmp_path_factory):
 @pytest.mark.parametrize('case', list(CASES))
 def test_static_step_equals_the_fast_step_from_a_common_state(train, case):
     """At each of the first 30 steps of a fast run (session starts among them), one static step and one fast
-    step from the same state (weights, optimiser, RNG): the same loss and the same update to float rounding.
+    step (the one-hot mode: the plain step, forward and autograd) from the same state (weights, optimiser,
+    RNG): the same loss and the same update to float rounding.
     Not bit for bit: the top state's gradient is an (M x K) @ (K x L) product where the fast step's is
     (M x U) @ (U x L), and a matrix kernel may sum the extra zero terms in another order (1e-7 differences at
     the demo setting)."""
@@ -85,7 +89,14 @@ def test_static_step_equals_the_fast_step_from_a_common_state(train, case):
         torch.set_rng_state(rng)
         if reset is not None:
             hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
-        fast_loss, hidden = model.train_step(inputs, hidden, candidates, loss, correction)
+        if model.has_fast_step:
+            fast_loss, hidden = model.train_step(inputs, hidden, candidates, loss, correction)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            scores, hidden = model(inputs, hidden, candidates)
+            fast_loss = loss(scores if correction is None else scores - correction)
+            fast_loss.backward()
+            hidden = [h.detach() for h in hidden]
         optimizer.update()
         assert static_loss.item() == pytest.approx(fast_loss.item(), rel=1e-6), (case, n)
         for (name, a), b in zip(model.named_parameters(), twin_model.parameters()):
@@ -98,13 +109,19 @@ def test_static_step_equals_the_fast_step_from_a_common_state(train, case):
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
-def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train):
+@pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum',
+                                  'BPR, one-hot input, two layers, both dropouts, momentum'])
+def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train, case, monkeypatch):
     """torch.compile(fullgraph=True) of the static step (Inductor's C++ kernels): one step from the state
     after 20 eager steps gives the same weights and optimiser state to float rounding. One step from a common
     state, not 200 steps each: training amplifies rounding differences (a 1e-7 relative change of W_y grows to
-    0.26 in 30 steps; static_step's docstring)."""
+    0.26 in 30 steps; static_step's docstring). BPR takes its gradient from autograd (Dynamo's
+    trace_autograd_ops, as CompiledStep sets it)."""
+    from torch._dynamo import config as dynamo
     from torch._inductor import config as inductor
-    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
+    if static_step.traces_autograd():
+        monkeypatch.setattr(dynamo, 'trace_autograd_ops', True)
+    config = {**DEFAULTS, **CASES[case], 'sample_store': 20_000}
     model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
     static_step.init_state(optimizer)
     hidden = model.init_hidden(iterator.n_slots, 'cpu')
@@ -113,7 +130,7 @@ def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train):
         inputs, targets, reset, _ = next(steps)
         samples = sampler.next()
         candidates = torch.cat([targets, samples])
-        correction = torch.cat([logq[0][targets], logq[1][samples]])
+        correction = None if logq is None else torch.cat([logq[0][targets], logq[1][samples]])
         reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
         if step < 20:
             hidden = static_step.static_step(model, optimizer, loss, inputs, hidden, candidates, reset, correction)[1]
@@ -210,6 +227,32 @@ def test_step_modes_in_training_the_tail_and_resume_across_modes(tmp_path, capsy
     assert state['config']['step_mode'] == 'static' and state['epoch'] == 1 and math.isfinite(state['loss'])
 
 
+def test_the_one_hot_mode_trains_static_with_its_tail_on_the_plain_step(train, monkeypatch, capsys):
+    """The one-hot input has no fast step: --step_mode static trains it statically, the epoch's tail (fewer
+    rows than slots) on the plain step, and its epoch lands where the plain epoch does (float rounding, grown
+    over the epoch's steps); fast asks for the plain step; a graph mode on the CPU warns and trains plain."""
+    from model import GRU4Rec
+    from training import train_epoch
+    config = {**DEFAULTS, **CASES['BPR, one-hot input, two layers, both dropouts, momentum'], 'sample_store': 20_000}
+    torch.manual_seed(config['seed'])
+    run = training_setup(config, train, 'cpu')
+    monkeypatch.setattr(static_step, '_warned', set())
+    assert [static_step.mode_in_effect(dict(config, step_mode=m), run[0], run[1])
+            for m in ('static', 'compiled', 'fast', 'plain', 'graph')] == ['static', 'compiled', 'plain', 'plain', 'plain']
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: --step_mode graph needs a CUDA device (CUDA graphs); training with the plain step']
+    calls, real = [], GRU4Rec.forward
+    monkeypatch.setattr(GRU4Rec, 'forward', lambda self, inputs, *a: calls.append(len(inputs)) or real(self, inputs, *a))
+    static, targets, steps = train_epoch(*run, dict(config, step_mode='static'), 'cpu')
+    tail = sum(len(step[0]) < config['batch_size'] for step in run[3].torch_steps('cpu'))
+    assert 0 < tail < steps and len(calls) == tail and max(calls) < config['batch_size']   # only the tail ran plain
+    calls.clear()
+    torch.manual_seed(config['seed'])
+    plain = train_epoch(*training_setup(config, train, 'cpu'), dict(config, step_mode='fast'), 'cpu')
+    assert len(calls) == steps and plain[1:] == (targets, steps)
+    assert static == pytest.approx(plain[0], rel=1e-4)
+
+
 def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, capsys):
     def no_compiler(*args, **kwargs):
         raise RuntimeError('no working C++ compiler found')
@@ -260,10 +303,22 @@ def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypa
     assert auto(config, model, adagrad, 37_500, 300_000, 'cpu', top1) == (
         'fast', "this torch's Dynamo cannot trace the loss's autograd gradient")
     assert auto(config, model, adagrad, 37_500, 300_000, 'cpu', xe)[0] == 'compiled'    # its gradient is written
+    monkeypatch.undo()
+    onehot = build_model({**DEFAULTS, **PRESETS['iclr16_top1']}, 50, 'cpu')      # no fast step: plain or static
+    adagrad = make_optimizer('AdagradM', onehot.parameters(), 0.1)
+    config = {'n_epochs': 10, 'batch_size': 50, 'n_sample': 0}
+    assert auto(config, onehot, adagrad, 2_808, 300_000, 'cpu', top1)[0] == 'compiled'    # every item count
+    assert auto(config, onehot, adagrad, 2_808, 199_999, 'cpu', top1)[0] == 'static'     # too short to compile
+    assert auto(dict(config, batch_size=500), onehot, adagrad, 2_808, 300_000, 'cpu', xe)[0] == 'static'
+    assert auto(dict(config, n_sample=2048), onehot, adagrad, 2_808, 300_000, 'cpu', top1)[0] == 'static'
+    assert auto(config, onehot, adagrad, 2_808, 300_000, 'cuda', top1)[0] == 'fast'     # (plain, in effect)
     import devices
     monkeypatch.setattr(devices.shutil, 'which', lambda name: None)
-    assert auto(config, model, adagrad, 37_500, 300_000, 'cpu') == ('fast', 'no C++ compiler')
+    assert auto(config, onehot, adagrad, 2_808, 300_000, 'cpu') == ('static', 'no C++ compiler')
+    assert auto({'n_epochs': 10, 'batch_size': 200}, model, make_optimizer('AdagradM', model.parameters(), 0.1),
+                37_500, 300_000, 'cpu') == ('fast', 'no C++ compiler')
     assert capsys.readouterr().err.splitlines() == [
+        'warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the static step',
         'warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step']
 
 
@@ -309,7 +364,9 @@ def test_the_mode_in_effect():
     mode = static_step.mode_in_effect
     assert mode({'step_mode': 'compiled'}, shared, adagrad) == 'compiled'
     assert mode({'step_mode': 'static'}, shared, torch_adagrad) == 'fast'
-    assert mode({'step_mode': 'static'}, onehot, make_optimizer('AdagradM', onehot.parameters(), 0.1)) == 'plain'
+    onehot_adagrad = make_optimizer('AdagradM', onehot.parameters(), 0.1)
+    assert mode({'step_mode': 'static'}, onehot, onehot_adagrad) == 'static'          # the one-hot input: static
+    assert mode({'step_mode': 'fast'}, onehot, onehot_adagrad) == 'plain'             # or plain, never fast
     assert mode({'step_mode': 'static', 'fast_step': False}, shared, adagrad) == 'plain'
     assert mode({}, shared, adagrad) == 'fast'
     assert mode({'step_mode': 'auto'}, shared, adagrad) == 'fast'     # unresolved (a bare train_epoch)
