@@ -108,6 +108,20 @@ def test_static_step_equals_the_fast_step_from_a_common_state(train, case):
     assert n == 30 and resets > 0
 
 
+def assert_same_step(eager, compiled):
+    """The (model, optimiser, loss, hidden) after one eager and one compiled step from one state: the same
+    loss, weights, optimiser state and hidden state to float rounding."""
+    model, optimizer, eager_loss, eager_hidden = eager
+    twin_model, twin_optimizer, compiled_loss, compiled_hidden = compiled
+    assert compiled_loss.item() == pytest.approx(eager_loss.item(), rel=1e-6)
+    for (name, a), b in zip(model.named_parameters(), twin_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+        for key in ('acc', 'velocity'):
+            assert torch.allclose(optimizer.state[a][key], twin_optimizer.state[b][key], rtol=1e-5, atol=1e-7), \
+                (name, key)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(eager_hidden, compiled_hidden))
+
+
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
 @pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum',
                                   'BPR, one-hot input, two layers, both dropouts, momentum'])
@@ -145,12 +159,7 @@ def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train, ca
         compiled_loss, compiled_hidden = compiled(*twin, loss, inputs, hidden, candidates, reset, correction)
     finally:
         inductor.fallback_random = fallback
-    assert compiled_loss.item() == pytest.approx(eager_loss.item(), rel=1e-6)
-    for (name, a), b in zip(model.named_parameters(), twin[0].parameters()):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
-        for key in ('acc', 'velocity'):
-            assert torch.allclose(optimizer.state[a][key], twin[1].state[b][key], rtol=1e-5, atol=1e-7), (name, key)
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(eager_hidden, compiled_hidden))
+    assert_same_step((model, optimizer, eager_loss, eager_hidden), (*twin, compiled_loss, compiled_hidden))
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
@@ -184,12 +193,7 @@ def test_a_loss_without_a_written_gradient_compiles_whole(train, monkeypatch, ca
     compiled_loss, compiled_hidden = compiled(*twin, loss, inputs, hidden, candidates, reset, None)
     assert not static_step.CompiledStep.failed and 'did not compile' not in capsys.readouterr().err
     assert len(static_step.COMPILE_SECONDS) == compiled_before + 1
-    assert compiled_loss.item() == pytest.approx(eager_loss.item(), rel=1e-6)
-    for (name, a), b in zip(model.named_parameters(), twin[0].parameters()):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
-        for key in ('acc', 'velocity'):
-            assert torch.allclose(optimizer.state[a][key], twin[1].state[b][key], rtol=1e-5, atol=1e-7), (name, key)
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(eager_hidden, compiled_hidden))
+    assert_same_step((model, optimizer, eager_loss, eager_hidden), (*twin, compiled_loss, compiled_hidden))
 
 
 # ---------------------------------------------------------------- --step_mode in the training loop
