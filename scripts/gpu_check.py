@@ -23,7 +23,7 @@ Steps (D = --device):
   8. the static-step modes of issue #31 (static, compiled, and on a GPU graph and compiled_graph) against
      the fast step on D: from the state after `before` steps of the mode (5 and 200: a graph mode's
      compared step is a replay), one step of each from copies of one state (XE at 100 units, BPR-max with
-     ELU at 512; dropout off, as a CUDA graph draws its own numbers): weights and optimiser state within
+     ELU at 512, and TOP1 with the one-hot input against the plain step; dropout off, as a CUDA graph draws its own numbers): weights and optimiser state within
      1e-5 of the largest value (the updates themselves are reported too), losses within 1e-5;
      On a GPU also the evaluation with its full-batch steps replayed from a CUDA graph against the eager
      one (the trained checkpoint's test metrics within 1e-9);
@@ -99,7 +99,8 @@ for preset in ('rsc15_xe_shared_100', 'diginetica_bprmax_shared'):
 def step_mode_gaps(train_file, device, modes, befores, overrides):
     """{mode: (largest difference of weights and optimiser state / their largest value, of the updates / the
     largest update, of the losses)} between one step of the mode and one fast step from copies of one state
-    (the state after `before` steps of the mode), over the XE and BPR-max paramfiles (gpu_check step 8)."""
+    (the state after `before` steps of the mode), over the XE and BPR-max paramfiles and the one-hot input of
+    iclr16_top1, whose reference is the plain step (gpu_check step 8)."""
     import copy
     from config import DEFAULTS, PRESETS
     from dataset import SessionData
@@ -110,7 +111,7 @@ def step_mode_gaps(train_file, device, modes, befores, overrides):
     def gap(a, b):
         return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
-    for preset in ('rsc15_xe_shared_100', 'diginetica_bprmax_shared'):
+    for preset in ('rsc15_xe_shared_100', 'diginetica_bprmax_shared', 'iclr16_top1'):
         config = {**DEFAULTS, **PRESETS[preset], 'sample_store': 100_000, 'dropout_input': 0.0,
                   'dropout_hidden': 0.0, **overrides}
         for mode in modes:
@@ -288,6 +289,7 @@ def checks(args, folder):
             worst = step_mode_gaps(os.path.join(data, 'rsc15_train_full.txt'), device, modes, befores, overrides)
         ok = all(state <= 1e-5 and loss <= 1e-5 for state, _, loss in worst.values())
         return ok, ('one step of each mode and of the fast step from one state (XE at 100 units, BPR-max at 512, '
+                    'one-hot TOP1 against plain, '
                     f'dropout off; after {befores[0]} and {befores[1]} steps), largest difference / largest value: '
                     + '; '.join(f'{mode}: weights and optimiser state {state:.1e}, updates {update:.1e}, loss '
                                 f'{loss:.1e}' for mode, (state, update, loss) in worst.items()) + ' (<= 1e-5 but the updates)')
