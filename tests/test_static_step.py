@@ -231,6 +231,31 @@ def test_step_modes_in_training_the_tail_and_resume_across_modes(tmp_path, capsy
     assert state['config']['step_mode'] == 'static' and state['epoch'] == 1 and math.isfinite(state['loss'])
 
 
+def test_a_one_hot_static_run_resumed_ends_where_the_straight_run_ends(tmp_path, capsys):
+    """The one-hot input (--loss_type TOP1's preset) trained static: 1 epoch + --resume to 2 equals 2 epochs in
+    one go bit for bit; a plain run resumes static."""
+    import main
+    from conftest import write_split
+    train = write_split(tmp_path / 'train.txt', [(s, f'i{(s * 3 + k * (1 + s % 4)) % 13}', 10 * s + k)
+                                                  for s in range(60) for k in range(3 + s % 3)])
+    common = ['--train_data', train, '--loss_type', 'TOP1', '--layers', '12', '--batch_size', '8',
+              '--dropout_hidden', '0.3', '--momentum', '0.2', '--step_mode', 'static']
+    straight, _ = main.main([*common, '--n_epochs', '2', '--checkpoint_dir', str(tmp_path / 'straight')])
+    assert 'step: static' in capsys.readouterr().out
+    first, _ = main.main([*common, '--n_epochs', '1', '--checkpoint_dir', str(tmp_path / 'halves')])
+    second, _ = main.main(['--resume', os.path.dirname(first), '--n_epochs', '2'])
+    assert 'step: static' in capsys.readouterr().out
+    for name, value in weights_of(straight).items():
+        assert torch.equal(value, weights_of(second)[name]), name
+    plain, _ = main.main([*common[:-2], '--step_mode', 'fast', '--n_epochs', '1', '--checkpoint_dir',
+                          str(tmp_path / 'plain')])
+    assert 'step: plain' in capsys.readouterr().out
+    resumed, _ = main.main(['--resume', os.path.dirname(plain), '--n_epochs', '2', '--step_mode', 'static'])
+    assert 'step: static' in capsys.readouterr().out
+    state = torch.load(resumed, weights_only=True)
+    assert state['config']['step_mode'] == 'static' and state['epoch'] == 1 and math.isfinite(state['loss'])
+
+
 def test_the_one_hot_mode_trains_static_with_its_tail_on_the_plain_step(train, monkeypatch, capsys):
     """The one-hot input has no fast step: --step_mode static trains it statically, the epoch's tail (fewer
     rows than slots) on the plain step, and its epoch lands where the plain epoch does (float rounding, grown
