@@ -343,21 +343,21 @@ def auto_mode(config, model, optimizer, n_items, n_events, device, loss=None):
     0.85x / 0.94x on 2,808 / 18,752 items, the other five paramfiles 0.95-1.23x), else the fast step; on a
     GPU the fast step until scripts/gpu_check.sh has measured the graph modes there. `loss` (a loss.ScoreLoss):
     one that takes its gradient from autograd (TOP1, BPR, ...) compiles only where Dynamo traces autograd.
-    The one-hot input (no fast step: the plain one) trains statically instead: compiled where the compilation
-    pays (the iclr16 presets, 2 threads, compiled / plain: TOP1 2.47-2.95x, BPR 2.49x at batch 50, from 2,808
-    to 37,500 items, as its candidates are the batch's targets alone; XE at batch 500 1.09-1.17x), else the
-    eager static step (1.14-1.23x plain, no compilation)."""
+    The one-hot input (no fast step: the plain one) compiles at any item count where the compilation pays
+    (the iclr16 presets, 2 threads, compiled / plain: TOP1 2.47-2.95x, BPR 2.49x at batch 50 from 2,808 to
+    37,500 items, its candidates the batch's targets alone; XE at batch 500 1.09-1.17x; TOP1 with 2,048
+    samples 1.23x / 1.47x at 2,808 / 37,500 items), else trains with the eager static step where it has no
+    sampled negatives (1.14-1.23x plain, no compilation; with 2,048 samples 0.85x / 1.04x), else plain."""
     if torch.device(device).type != 'cpu':
         return 'fast', 'the graph modes are not yet measured on a GPU'
     if not supported(model, optimizer) or not config.get('fast_step', True):
         return 'fast', 'the static step does not cover this model or optimiser'
     onehot = not model.has_fast_step
-    otherwise = 'static' if onehot else 'fast'
+    otherwise = 'static' if onehot and config.get('n_sample', 0) == 0 else 'fast'    # ('fast': plain, one-hot)
     work = n_events * config.get('n_epochs', 1)
-    if work < AUTO_WORK or (n_items < AUTO_ITEMS and not (onehot and config.get('n_sample', 0) == 0)):
+    if work < AUTO_WORK or (n_items < AUTO_ITEMS and not onehot):
         return otherwise, (f'{n_items:,} items, {work:,} events x epochs: compiling pays from '
-                           + ('' if onehot and config.get('n_sample', 0) == 0 else f'{AUTO_ITEMS:,} and ')
-                           + f'{AUTO_WORK:,}')
+                           + ('' if onehot else f'{AUTO_ITEMS:,} and ') + f'{AUTO_WORK:,}')
     if loss is not None and loss.explicit is None and not traces_autograd():
         return otherwise, "this torch's Dynamo cannot trace the loss's autograd gradient"
     if config.get('batch_size', 0) > AUTO_MAX_BATCH:

@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cpu', help='cpu (default) or cuda[:n]')
     p.add_argument('--loss', nargs=2, metavar=('LOSS', 'FINAL_ACT'),
                    help="another loss for every paramfile, e.g. --loss top1 tanh (the paramfile's bpreg kept)")
+    p.add_argument('--n_sample', type=int, help="another number of shared negatives for every paramfile")
     p.add_argument('--modes', nargs='+', choices=['fast', 'static', 'compiled', 'graph', 'compiled_graph'],
                    help='default: fast static compiled, and graph compiled_graph on a GPU')
     return p.parse_args(argv)
@@ -130,6 +131,8 @@ def main(argv=None):
         config = {**DEFAULTS, **PRESETS[preset]}
         if args.loss:
             config['loss_type'], config['final_act'] = args.loss
+        if args.n_sample is not None:
+            config['n_sample'] = args.n_sample
         shape = (f'{"/".join(map(str, config["layers"]))} / {config["batch_size"]} / {config["n_sample"]} / '
                  f'{config["loss_type"]}')
         for threads in args.threads:

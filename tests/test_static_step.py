@@ -339,7 +339,8 @@ def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypa
     assert auto(config, onehot, adagrad, 2_808, 300_000, 'cpu', top1)[0] == 'compiled'    # every item count
     assert auto(config, onehot, adagrad, 2_808, 199_999, 'cpu', top1)[0] == 'static'     # too short to compile
     assert auto(dict(config, batch_size=500), onehot, adagrad, 2_808, 300_000, 'cpu', xe)[0] == 'static'
-    assert auto(dict(config, n_sample=2048), onehot, adagrad, 2_808, 300_000, 'cpu', top1)[0] == 'static'
+    assert auto(dict(config, n_sample=2048), onehot, adagrad, 2_808, 300_000, 'cpu', top1)[0] == 'compiled'
+    assert auto(dict(config, n_sample=2048), onehot, adagrad, 2_808, 199_999, 'cpu', top1)[0] == 'fast'  # plain
     assert auto(config, onehot, adagrad, 2_808, 300_000, 'cuda', top1)[0] == 'fast'     # (plain, in effect)
     import devices
     monkeypatch.setattr(devices.shutil, 'which', lambda name: None)
