@@ -168,14 +168,17 @@ def evaluate(model, data, cutoffs=DEFAULT_CUTOFFS, tie_mode='standard', batch_si
     blocks = compiled_blocks(model) if compiled else None
     graph = EvaluationGraph(graphs) if graphs is not None and isinstance(model, GRU4Rec) else None
     no_reset = torch.zeros(iterator.n_slots, dtype=torch.bool, device=device)
+
+    def step(*tensors):
+        return full_batch_step(model, k, tie_mode, rows, *tensors)
+
     for inputs, targets, reset, keep in iterator.torch_steps(device):
         if keep is not None:
             hidden = [h[keep] for h in hidden]
             graph = None            # the tail, where the batch shrinks: uncaptured (each row is ranked alone)
         if graph is not None:
             step_hits, step_reciprocal, hidden = graph.replay(
-                (model,), lambda *tensors: full_batch_step(model, k, tie_mode, rows, *tensors),
-                (inputs, no_reset if reset is None else reset, targets, *hidden))
+                (model,), step, (inputs, no_reset if reset is None else reset, targets, *hidden))
             hits += step_hits
             reciprocal += step_reciprocal
             continue

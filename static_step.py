@@ -27,8 +27,8 @@ update to 1e-5 from each of 30 states). The epoch's tail, where slots run out an
 (spec B2), stays on the fast step: its shapes change every few steps.
 
 Covered: every embedding mode (shared, separate and the one-hot input, whose epoch tail runs the plain step:
-the fast step does not cover it), AdagradM with and without momentum; the losses with an explicit gradient (cross-entropy, BPR-max with ELU or linear
-activation) and the others through autograd on the scores, which compile whole too (Dynamo's
+the fast step does not cover it), AdagradM with and without momentum; the losses with an explicit gradient
+(cross-entropy, BPR-max with ELU or linear activation) and the others through autograd on the scores, which compile whole too (Dynamo's
 trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2 threads) compiled / fast
 1.45-1.52x for TOP1, 1.27-1.33x BPR, 1.21-1.22x TOP1-max, 1.19-1.22x BPR-max with tanh (two runs of
 bench_static_step.py --loss, benchmarks/RESULTS.md).
@@ -141,9 +141,10 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
         w = model.Wy.index_select(0, rows)
         x = w.index_select(0, segment[:M])
         columns = segment[M:]
-    else:                       # separate: the input table E; one-hot: the first layer's input weights W_x0
+    else:
+        table = model.E if model.mode == 'separate' else model.Wx0   # one-hot: the first layer's input weights
         in_sorted, in_sorted_segment, in_segment, in_rows = segments(inputs)
-        x = (model.E if model.mode == 'separate' else model.Wx0).index_select(0, in_rows).index_select(0, in_segment)
+        x = table.index_select(0, in_rows).index_select(0, in_segment)
         sorted_ids, sorted_segment, columns, rows = segments(candidates)
         w = model.Wy.index_select(0, rows)
     K = len(rows)
@@ -172,8 +173,7 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
                    touched=candidate)
     else:
         grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_segment, grad)
-        row_update(model.E if model.mode == 'separate' else model.Wx0, table_states[2], in_rows, grad_x, in_sorted,
-                   in_sorted_segment, lr, mu, eps)
+        row_update(table, table_states[2], in_rows, grad_x, in_sorted, in_sorted_segment, lr, mu, eps)
         row_update(model.Wy, table_states[0], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
         row_update(model.By, table_states[1], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps)
     AdagradM._dense_step(dense, [p.grad for p in dense], dense_states, lr, mu, eps)
