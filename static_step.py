@@ -148,7 +148,7 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
         sorted_ids, sorted_segment, columns, rows = segments(candidates)
         w = model.Wy.index_select(0, rows)
     K = len(rows)
-    bias = model.By.index_select(0, rows).index_select(0, columns)
+    bias = model.By.index_select(0, candidates)          # = By[rows][columns]: one indirection, not two
     if model.mode == 'none':
         first, first_saved = model.onehot_forward(x, hidden[0])
         new, saved = model.stack_forward(first, hidden[1:], input_dropout=False)
