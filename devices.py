@@ -14,8 +14,15 @@ What compiling needs and how it fails (issue #31: the compiled step, the compile
 compilation or capture prints before the eager path takes over) and `compilation_timer` (reports the time
 of a call in which torch.compile compiled something new, and stays silent when its cache served);
 `GraphReplay`, a function captured as a CUDA graph and replayed (`CudaGraphs`, the API it needs of torch).
+
+`keep_freed_memory` stops glibc from handing a step's freed buffers back to the kernel: a training step on
+the CPU allocates and frees buffers of megabytes each (5 MB rows x units at 512 units), which glibc serves
+from fresh pages of the kernel by default, so every step paid for zero-filled page faults (rees46_xe_shared,
+18,752 items, 2 threads: 3,300-4,300 faults and 5-8 ms of system time a step compiled, 27.5 -> 22.6 ms a
+step with them gone; benchmarks/RESULTS.md).
 """
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -98,6 +105,26 @@ def set_rng_state(state, device):
     torch.set_rng_state(state['rng'])
     if device.type == 'cuda' and state.get('cuda_rng') is not None:
         torch.cuda.set_rng_state(state['cuda_rng'], device=device)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20       # blocks up to this size come from the heap (glibc's largest allowed value)
+TRIM_THRESHOLD = 64 << 20       # free memory at the heap's top kept for the next step, not returned
+
+
+def keep_freed_memory():
+    """Keep freed memory in the process for the next step instead of returning it to the kernel (glibc's
+    mallopt: fixed mmap and trim thresholds; by default glibc maps a block of megabytes afresh and trims
+    the heap after a step, so the next step page-faults through zero-filled pages again). The process holds
+    at most TRIM_THRESHOLD of freed memory more. Returns whether it took effect (False off glibc)."""
+    if 'CS_GNU_LIBC_VERSION' not in os.confstr_names or not os.confstr('CS_GNU_LIBC_VERSION'):
+        return False
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    return (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
 
 
 def has_compiler():

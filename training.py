@@ -32,7 +32,7 @@ from checkpoints import (build_model, load_checkpoint, new_run_dir, prune_checkp
 from cli import InputError
 from config import DEFAULTS, data_path
 from dataset import SessionData, SessionParallelIterator
-from devices import set_rng_state
+from devices import keep_freed_memory, set_rng_state
 from evaluation import evaluate
 from loss import loss_function
 from model import SampleStore
@@ -165,6 +165,8 @@ def train(args, config, device, resume=None):
         train_path, valid_path = config.pop('train_data'), config.pop('valid_data')
         for key in ('device', 'n_items'):
             config.pop(key, None)
+    if torch.device(device).type == 'cpu':
+        keep_freed_memory()                 # a step's buffers are not page-faulted in afresh every step
     data = SessionData(train_path)
     valid = SessionData(valid_path, item_map=data.item_map) if valid_path else None
     torch.manual_seed(config['seed'] if 'seed' in config else 42)

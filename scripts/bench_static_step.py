@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoints import build_model                                     # noqa: E402
 from config import DEFAULTS, PRESETS                                    # noqa: E402
+from devices import keep_freed_memory                                   # noqa: E402
 from loss import loss_function                                          # noqa: E402
 from optimizer import make_optimizer                                    # noqa: E402
 import static_step                                                      # noqa: E402
@@ -116,6 +117,7 @@ def main(argv=None):
         raise SystemExit('--modes graph / compiled_graph: CUDA graphs need --device cuda')
     from torch._dynamo import config as dynamo
     from torch._inductor import config as inductor
+    keep_freed_memory()                      # as training.train does on the CPU
     inductor.fallback_random = True          # dropout draws the eager step's random numbers
     dynamo.recompile_limit = 64              # one compilation per paramfile
     if static_step.traces_autograd():

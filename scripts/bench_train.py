@@ -89,7 +89,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from config import DEFAULTS, PRESETS  # noqa: E402
 from dataset import SessionData, SessionParallelIterator  # noqa: E402
-from devices import pick_device  # noqa: E402
+from devices import keep_freed_memory, pick_device  # noqa: E402
 from evaluation import evaluate  # noqa: E402
 from loss import parse_activation  # noqa: E402
 from model import GRU4Rec  # noqa: E402
@@ -605,7 +605,12 @@ def run(argv=None):
     p.add_argument('--modes', nargs='+', default=['fast'], choices=STEP_MODES, metavar='MODE',
                    help='--official_code: a row per --step_mode of ours (default fast; e.g. fast compiled); '
                    '--full_scale: the (first) mode to train with')
+    p.add_argument('--glibc_default', action='store_true', help="leave glibc's allocator thresholds as they are "
+                   '(by default the process keeps freed memory, devices.keep_freed_memory, as training does on '
+                   'the CPU; --official_code: the official code then runs with it too)')
     args = p.parse_args(argv)
+    if not args.glibc_default:
+        keep_freed_memory()
     gpu = pick_device('auto') if args.device == 'auto' else None        # a GPU that runs this torch's kernels
     devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
         [pick_device(args.device)]

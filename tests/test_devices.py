@@ -193,3 +193,32 @@ def test_training_and_evaluation_steps_keep_every_tensor_on_the_run_device(tiny)
         for name, model in others.items():
             assert all(loss < 0 if name == 'BPRMF' else loss > 0 for loss in model.fit(tiny))
             assert evaluate(model, tiny, batch_size=64, device='cpu')['Recall@20'] >= 0
+
+
+FAULTS = '''
+import resource, sys
+import torch
+import devices
+print(devices.keep_freed_memory())
+counts = []
+for r in range(12):                 # a step's buffers: a few megabytes each, a little larger every step
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.ones((2 << 20) + r * (16 << 10)) for _ in range(8)]
+    del blocks
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+print(sum(counts[-4:]))
+'''
+
+
+@pytest.mark.skipif('CS_GNU_LIBC_VERSION' not in os.confstr_names, reason='glibc only')
+def test_freed_step_buffers_are_reused_without_page_faults():
+    """After keep_freed_memory, buffers freed at the end of a step serve the next step's allocations (glibc
+    maps each block of megabytes afresh by default: every step page-faults through all of them, here 16k+
+    faults a round); a fresh process, so that no earlier allocation has moved glibc's thresholds."""
+    import subprocess, sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, '-c', FAULTS], capture_output=True, text=True, cwd=root, check=True,
+                         env={**os.environ, 'PYTHONPATH': root}).stdout.split()
+    pages = 4 * 8 * ((2 << 20) * 4 // 4096)         # four rounds of eight 8 MB blocks, in 4 kB pages
+    assert out[0] == 'True'
+    assert int(out[1]) < pages // 20, out
