@@ -9,12 +9,15 @@ dependence taken out:
 * the distinct item rows of a step (today `unique_rows`: `nonzero`, a row count U that sizes the score
   product and the sparse gradients) become K fixed *segments*, K = the number of ids the step reads
   (inputs and candidates): the ids are sorted, equal ids form one segment, segment k holds the k-th
-  smallest distinct id and the slots past the last distinct id hold row 0 and a zero gradient. Scores,
-  gradients and the AdagradM row rule are computed per segment, as today per distinct row;
-* the row updates are written back through the sorted ids, each duplicate writing its segment's new
-  values: every write lands on a row the step touched, duplicates write equal values, so the order of the
-  writes cannot matter and no padding row is needed. In the shared mode an item that is only an input
-  gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity;
+  smallest distinct id and the segments past the last distinct id hold that id again, with zero score
+  columns. Scores, gradients and the AdagradM row rule are computed per segment, as today per distinct
+  row;
+* the row updates read each segment's row once and write it once (`row_update`): the segments past the
+  last distinct id take its gradient and mask, so they compute its new values bit for bit and their
+  duplicate writes cannot change the result, whatever their order; no padding row is needed. (Until
+  2026-12-07 the writes went through the sorted ids, each gathering its segment's new values: at the
+  RSC15 setting the compiled step took 1.88 ms, now 1.80: 37,500 items, 2 threads.) In the shared mode
+  an input-only item gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity;
 * session starts are a mask (all false when none starts), the optimiser state exists before the first step,
   the loss stays on the device.
 
@@ -72,39 +75,44 @@ from optimizer import AdagradM
 
 
 def segments(ids):
-    """Fixed-size distinct rows of `ids` (K,): (sorted ids, each sorted id's segment, each id's segment,
-    the segment rows (K,: the k-th smallest distinct id, row 0 past the last)).
-    The static form of `model.unique_rows`: no count is read, nothing waits for the device."""
+    """Fixed-size distinct rows of `ids` (K,): (each id's segment, the segment rows (K,: the k-th smallest
+    distinct id; past the last distinct id, that id again), each segment's source (K,: the segment whose
+    values it takes: itself, past the last distinct id the last one)). The static form of
+    `model.unique_rows`: no count is read, nothing waits for the device."""
     sorted_ids, order = torch.sort(ids, stable=True)
     first = torch.ones_like(ids, dtype=torch.bool)
     first[1:] = sorted_ids[1:] != sorted_ids[:-1]
     sorted_segment = first.cumsum(0) - 1
     segment = torch.empty_like(sorted_segment).scatter_(0, order, sorted_segment)
-    rows = torch.zeros_like(ids).scatter_(0, sorted_segment, sorted_ids)      # equal values per target
-    return sorted_ids, sorted_segment, segment, rows
+    distinct = torch.zeros_like(ids).scatter_(0, sorted_segment, sorted_ids)  # equal values per target
+    source = torch.minimum(torch.arange(len(ids), device=ids.device), sorted_segment[-1])
+    return segment, distinct.index_select(0, source), source
 
 
-def row_update(table, state, rows, grad, sorted_ids, sorted_segment, lr, mu, eps, touched=None):
+def row_update(table, state, rows, source, grad, lr, mu, eps, touched=None):
     """AdagradM's row rule (spec B9, `AdagradM._sparse_step`) for the segment rows `rows` with their
-    gradients `grad`, written back through the sorted ids (one write per id, equal values for equal ids).
-    `touched`: mask of the segments the gradient names; the others keep their values (b_y of input-only
-    items in the shared mode)."""
+    gradients `grad` (zero past the last distinct row), in one read and one write of each row: the segments
+    past the last distinct row repeat its row, gradient and mask (`source`), so they compute its new values
+    bit for bit and their duplicate writes cannot change the result. `touched`: mask of the segments the
+    gradient names; the others keep their values (b_y of input-only items in the shared mode)."""
+    grad = grad.index_select(0, source)
     acc = state['acc'].index_select(0, rows)
     velocity = state['velocity'].index_select(0, rows) if mu > 0 else None
     new_acc = acc.clone()
     new_velocity = None if velocity is None else velocity.clone()
     step = AdagradM._rule(new_acc, new_velocity, grad, lr, mu, eps)
-    new = table.index_select(0, rows) + step
+    old = table.index_select(0, rows)
+    new = old + step
     if touched is not None:
-        mask = touched.view(-1, *([1] * (grad.dim() - 1)))
+        mask = touched.index_select(0, source).view(-1, *([1] * (grad.dim() - 1)))
         new_acc = torch.where(mask, new_acc, acc)
-        new = torch.where(mask, new, table.index_select(0, rows))
+        new = torch.where(mask, new, old)
         if mu > 0:
             new_velocity = torch.where(mask, new_velocity, velocity)
-    state['acc'].index_copy_(0, sorted_ids, new_acc.index_select(0, sorted_segment))
+    state['acc'].index_copy_(0, rows, new_acc)
     if mu > 0:
-        state['velocity'].index_copy_(0, sorted_ids, new_velocity.index_select(0, sorted_segment))
-    table.index_copy_(0, sorted_ids, new.index_select(0, sorted_segment))
+        state['velocity'].index_copy_(0, rows, new_velocity)
+    table.index_copy_(0, rows, new)
 
 
 def static_step(model, optimizer, loss, inputs, hidden, candidates, reset, correction=None):
@@ -137,15 +145,15 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     M = len(inputs)
     hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
     if model.mode == 'shared':
-        sorted_ids, sorted_segment, segment, rows = segments(torch.cat([inputs, candidates]))
+        segment, rows, source = segments(torch.cat([inputs, candidates]))
         w = model.Wy.index_select(0, rows)
         x = w.index_select(0, segment[:M])
         columns = segment[M:]
     else:
         table = model.E if model.mode == 'separate' else model.Wx0   # one-hot: the first layer's input weights
-        in_sorted, in_sorted_segment, in_segment, in_rows = segments(inputs)
+        in_segment, in_rows, in_source = segments(inputs)
         x = table.index_select(0, in_rows).index_select(0, in_segment)
-        sorted_ids, sorted_segment, columns, rows = segments(candidates)
+        columns, rows, source = segments(candidates)
         w = model.Wy.index_select(0, rows)
     K = len(rows)
     bias = model.By.index_select(0, candidates)          # = By[rows][columns]: one indirection, not two
@@ -168,14 +176,13 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     if model.mode == 'shared':
         grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).index_add_(0, segment[:M], grad)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
-        row_update(model.Wy, table_states[0], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
-        row_update(model.By, table_states[1], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps,
-                   touched=candidate)
+        row_update(model.Wy, table_states[0], rows, source, grad_w, lr, mu, eps)
+        row_update(model.By, table_states[1], rows, source, grad_bias, lr, mu, eps, touched=candidate)
     else:
         grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_segment, grad)
-        row_update(table, table_states[2], in_rows, grad_x, in_sorted, in_sorted_segment, lr, mu, eps)
-        row_update(model.Wy, table_states[0], rows, grad_w, sorted_ids, sorted_segment, lr, mu, eps)
-        row_update(model.By, table_states[1], rows, grad_bias, sorted_ids, sorted_segment, lr, mu, eps)
+        row_update(table, table_states[2], in_rows, in_source, grad_x, lr, mu, eps)
+        row_update(model.Wy, table_states[0], rows, source, grad_w, lr, mu, eps)
+        row_update(model.By, table_states[1], rows, source, grad_bias, lr, mu, eps)
     AdagradM._dense_step(dense, [p.grad for p in dense], dense_states, lr, mu, eps)
     return value, new
 

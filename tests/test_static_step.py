@@ -17,21 +17,20 @@ from training import training_setup
 
 def test_segments_by_hand():
     ids = torch.tensor([7, 3, 7, 9, 3, 3])
-    sorted_ids, sorted_segment, segment, rows = static_step.segments(ids)
-    assert sorted_ids.tolist() == [3, 3, 3, 7, 7, 9]
-    assert sorted_segment.tolist() == [0, 0, 0, 1, 1, 2]
+    segment, rows, source = static_step.segments(ids)
     assert segment.tolist() == [1, 0, 1, 2, 0, 0]                 # each id's distinct row
-    assert rows.tolist() == [3, 7, 9, 0, 0, 0]                    # past the last distinct id: row 0
+    assert rows.tolist() == [3, 7, 9, 9, 9, 9]                    # past the last distinct id: that id again
+    assert source.tolist() == [0, 1, 2, 2, 2, 2]                  # ... with its segment's values
 
 
 def test_row_update_touches_each_row_once_and_leaves_untouched_segments():
     table = torch.tensor([[1.0], [2.0], [3.0]])
     state = {'acc': torch.tensor([[0.0], [1.0], [3.0]]), 'velocity': torch.tensor([[0.5], [0.5], [0.5]])}
     ids = torch.tensor([2, 0, 2, 2])              # row 2 three times, row 0 once, row 1 not at all
-    sorted_ids, sorted_segment, segment, rows = static_step.segments(ids)
+    segment, rows, source = static_step.segments(ids)
     grad = torch.tensor([[1.0], [2.0], [0.0], [0.0]])     # per segment: row 0 gets 1, row 2 gets 2
     touched = torch.tensor([False, True, False, False])  # row 0's segment masked: it must keep its values
-    static_step.row_update(table, state, rows, grad, sorted_ids, sorted_segment, 0.1, 0.5, 1e-6, touched)
+    static_step.row_update(table, state, rows, source, grad, 0.1, 0.5, 1e-6, touched)
     # row 2: G = 3 + 4 = 7, v = 0.5 * 0.5 - 0.1 * 2 / sqrt(7 + 1e-6), theta = 3 + v (once, not three times)
     v = 0.25 - 0.2 / (7 + 1e-6) ** 0.5
     assert torch.allclose(table, torch.tensor([[1.0], [2.0], [3.0 + v]]))
