@@ -505,6 +505,7 @@ def against_official(code, devices, quick, rounds, only=None, first=None,
     (about `synthetic_events` clicks); a row per --step_mode of `modes` (its compilation, in its first round,
     in the compile column; the best round is a later one)."""
     module = load_official(code)
+    load_at_start = os.getloadavg()[0]
     print(f'official code from {code}; {rounds} alternating rounds of whole first epochs of fresh models '
           '(set-up excluded) and of the roofline; best round, ratios the median of per-round ratios', flush=True)
     rows = table_rows(True, quick, only, first)
@@ -518,7 +519,8 @@ def against_official(code, devices, quick, rounds, only=None, first=None,
                 data, results = official_comparison(module, path, settings, device, rounds, modes)
                 table += [(name, data, device, setting, speeds, compiled)
                           for setting, (speeds, compiled) in results.items()]
-    print(f'\n{torch.get_num_threads()} threads\n')
+    print(f'\n{torch.get_num_threads()} threads; load average {load_at_start:.2f} at the start, '
+          f'{os.getloadavg()[0]:.2f} at the end\n')
     print('| data | items | targets an epoch | device | setting | layers / batch / n_sample / loss | '
           'official code events/s | step mode | ours events/s | ours / official | compile (s) | roofline events/s | '
           'GFLOP a step | roofline GFLOP/s | ours / roofline | official / roofline | target events/s | '
