@@ -16,7 +16,7 @@ of a call in which torch.compile compiled something new, and stays silent when i
 `GraphReplay`, a function captured as a CUDA graph and replayed (`CudaGraphs`, the API it needs of torch).
 
 `keep_freed_memory` stops glibc from handing a step's freed buffers back to the kernel: a training step on
-the CPU allocates and frees buffers of megabytes each (5 MB rows x units at 512 units), which glibc serves
+the CPU allocates and frees buffers of megabytes each (5 MB apiece at 512 units), which glibc serves
 from fresh pages of the kernel by default, so every step paid for zero-filled page faults (rees46_xe_shared,
 18,752 items, 2 threads: 3,300-4,300 faults and 5-8 ms of system time a step compiled, 27.5 -> 22.6 ms a
 step with them gone; benchmarks/RESULTS.md).
