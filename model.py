@@ -397,13 +397,51 @@ class GRU4Rec(nn.Module):
         return torch.addmm(self.By, h, self.Wy.T)
 
 
+class GuideTable:
+    """torch.searchsorted(cdf, u, right=True) for a non-decreasing `cdf` (n,) and uniforms u in [0, 1), the
+    same indices, on the CPU 3.6x as fast (10M float64 uniforms over 52,739 items: 0.14 against 0.52 s, 2
+    threads; at the RSC15 setting the store's refill every 4,882 steps took 0.11 of a 2.2 ms step).
+
+    torch.searchsorted's binary search over the whole CDF mispredicts a branch at every level. Here a guide
+    table over G equal bins of [0, 1) holds, for bin b, the count of CDF values <= (b - 1) / G: a lower
+    bound of the answer for any u in bin b, one bin of slack either side absorbing the rounding of u * G
+    and of the bin edges. Every answer is then within 2^S - 1 of its bin's bound (S: the bits of the widest
+    three-bin count), found by S branchless halving steps, each one gather, compare and add over a chunk of
+    u that stays in cache. A CDF value equal to u counts as <= u, as searchsorted's right=True."""
+
+    CHUNK = 65_536                  # uniforms a pass (0.5 MB of float64): 0.14 s, 16,384: 0.19 s, 262,144: 0.14 s
+
+    def __init__(self, cdf):
+        n = len(cdf)
+        eps = torch.finfo(cdf.dtype).eps           # G * eps well under a bin: rounding moves u * G by < 1 bin
+        self.bins = max(1, min(16 * n, 2 ** 22 if cdf.dtype == torch.float64 else 2 ** 19, int(0.05 / eps)))
+        edges = torch.arange(-1, self.bins + 3, dtype=cdf.dtype) / self.bins
+        counts = torch.searchsorted(cdf, edges, right=True)
+        self.lower = counts[:self.bins + 1].to(torch.int32)           # bin b: count(cdf <= (b - 1) / G)
+        widest = int((counts[3:] - counts[:self.bins + 1]).max())      # ... <= u <= ... count(cdf <= (b + 2) / G)
+        self.steps = widest.bit_length()
+        self.padded = torch.cat([cdf, torch.full((1 << self.steps,), float('inf'), dtype=cdf.dtype)])
+
+    def __call__(self, u):
+        flat = u.reshape(-1)
+        out = torch.empty(flat.shape, dtype=torch.int64)
+        for start in range(0, len(flat), self.CHUNK):
+            chunk = flat[start:start + self.CHUNK]
+            position = self.lower.index_select(0, chunk.mul(self.bins).long())
+            for k in range(self.steps - 1, -1, -1):
+                position.add_(self.padded.index_select(0, position + ((1 << k) - 1)) <= chunk, alpha=1 << k)
+            out[start:start + self.CHUNK] = position
+        return out.view(u.shape)
+
+
 class SampleStore:
     """Extra negatives shared by a mini-batch, drawn with P(i) proportional to supp(i)^alpha (spec B5.3-B5.4).
 
     A store of floor(store_size / n_sample) rows x n_sample item indices is generated in one vectorised
-    call (inverse CDF: the first item whose cumulative probability exceeds a uniform draw); each step
-    takes the next row; a used-up store is regenerated. The store persists across epochs. Uniforms and
-    CDF are float64 (dtype=torch.float32: the official code's float32, --official_quirks sampler_float32).
+    call (inverse CDF: the first item whose cumulative probability exceeds a uniform draw; on the CPU by
+    `GuideTable`, the same indices as torch.searchsorted 3.6x as fast); each step takes the next row; a
+    used-up store is regenerated. The store persists across epochs. Uniforms and CDF are float64
+    (dtype=torch.float32: the official code's float32, --official_quirks sampler_float32).
     `state_dict()` is small: the generator state the current store was drawn from, and the row pointer.
     """
 
@@ -413,6 +451,8 @@ class SampleStore:
         cdf[-1] = 1.0
         self.cdf = cdf.to(device, dtype)
         self.dtype = dtype
+        self.invert = GuideTable(self.cdf) if self.cdf.device.type == 'cpu' else \
+            (lambda u: torch.searchsorted(self.cdf, u, right=True))
         self.n_sample, self.device = n_sample, device
         self.rows = max(1, store_size // max(n_sample, 1))
         self.generator = torch.Generator(device=device)
@@ -423,7 +463,7 @@ class SampleStore:
         self.generated_from = self.generator.get_state()
         u = torch.rand(self.rows, self.n_sample, dtype=self.dtype, generator=self.generator,
                        device=self.device)
-        self.store = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
+        self.store = self.invert(u).clamp_(max=len(self.cdf) - 1)
         self.pointer = 0
 
     def next(self):

@@ -258,7 +258,7 @@ def test_rejects_bad_configuration():
 
 # ---------------------------------------------------------------- negative samples (spec B5.3-B5.4)
 
-from model import SampleStore  # noqa: E402
+from model import GuideTable, SampleStore  # noqa: E402
 
 
 def test_sample_store_inverse_cdf_and_popularity_exponent():
@@ -274,6 +274,24 @@ def test_sample_store_inverse_cdf_and_popularity_exponent():
     half = SampleStore(support, n_sample=1000, alpha=0.5, store_size=200_000, seed=0)
     counts = np.bincount(half.store.flatten().numpy(), minlength=4) / half.store.numel()
     assert np.allclose(counts, np.sqrt(support) / np.sqrt(support).sum(), atol=0.005)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_guide_table_inverts_exactly_as_searchsorted(dtype, monkeypatch):
+    generator = torch.Generator().manual_seed(7)
+    monkeypatch.setattr(GuideTable, 'CHUNK', 1000)              # several chunks and a short last one
+    for support in (np.array([3]), np.array([0, 2]), np.array([1, 0, 0, 5, 0, 2]),
+                    np.random.default_rng(1).zipf(1.3, 5000).clip(1, 10 ** 6) * (np.arange(5000) % 7 > 0)):
+        weights = torch.as_tensor(support, dtype=torch.float64) ** 0.75
+        cdf = (torch.cumsum(weights, 0) / weights.sum()).to(dtype)
+        cdf[-1] = 1.0                    # zero-support items: runs of equal values, where right=True matters
+        u = torch.cat([torch.rand(7321, dtype=dtype, generator=generator), cdf[:-1],   # u equal to a CDF value
+                       torch.tensor([0.0, 1.0 - torch.finfo(dtype).eps / 2], dtype=dtype)])
+        u = torch.cat([u, torch.nextafter(cdf[:-1], torch.tensor(0.0, dtype=dtype))])  # ... and just below one
+        expected = torch.searchsorted(cdf, u, right=True)
+        table = GuideTable(cdf)
+        assert torch.equal(table(u), expected)
+        assert torch.equal(table(u[:300].view(100, 3)), expected[:300].view(100, 3))   # any shape
 
 
 def test_sample_store_serves_rows_in_order_refills_and_resumes():
