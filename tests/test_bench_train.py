@@ -77,6 +77,10 @@ class GRU4Rec:
         pop = data.groupby('ItemId').size()
         seen['P0'] = torch.tensor(pop[data.ItemId.unique()], dtype=torch.float32)
         print('Epoch1 --> loss: 1.0 \\t(2.00s) \\t[10.50 mb/s | 1234 e/s]')
+class SampleCache:
+    def __init__(self, n_sample, sample_cache_max_size, distr, device=None):
+        seen['cache'] = (n_sample, sample_cache_max_size, distr)
+        print('Created sample store')
 '''
 
 
@@ -232,8 +236,16 @@ def test_rows_are_the_official_paramfiles_and_are_picked_in_table_order():
     assert exit_.value.code == 2
 
 
-def table_rows(text):
-    lines = [line for line in text.splitlines() if line.startswith('|')]
+def table_rows(text, table=0):
+    """The rows of the `table`-th markdown table in `text` as dicts."""
+    tables, previous = [], False
+    for line in text.splitlines():
+        if line.startswith('|'):
+            if not previous:
+                tables.append([])
+            tables[-1].append(line)
+        previous = line.startswith('|')
+    lines = tables[table]
     header = [cell.strip() for cell in lines[0].strip('|').split('|')]
     rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:]]
     assert all(len(row) == len(header) for row in rows)
@@ -269,7 +281,8 @@ def test_official_table_has_the_roofline_columns(split_folder, tmp_path, monkeyp
     modes = ['fast', 'compiled'] if shutil.which('g++') or shutil.which('c++') else ['fast', 'static']
     torch._dynamo.reset()                   # a compilation of these settings earlier in the process would be reused
     bench_train.against_official(str(tmp_path), ['cpu'], True, 2, ['rsc15_xe_shared_100'], modes=modes)
-    rows = table_rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = table_rows(out)
     assert [row['step mode'] for row in rows] == modes                  # a row per mode, the same official rounds
     for row in rows:
         assert row['official code events/s'] == '1,234' and row['roofline events/s'] == '2,468'
@@ -280,6 +293,25 @@ def test_official_table_has_the_roofline_columns(split_folder, tmp_path, monkeyp
     assert rows[0]['compile (s)'] == '0.0' and (float(rows[1]['compile (s)']) > 0) == (modes[1] == 'compiled')
     steps = len(SessionParallelIterator(SessionData(os.path.join(split_folder, 'rsc15_train_full.txt')), 32))
     assert module.seen['sample_cache_max_size'] == 64 * (steps + steps // 10 + 1)     # one epoch's samples
+    n_sample, size, distr = module.seen['cache']                   # the refill: its default store, its CDF
+    assert (n_sample, size, distr.dtype, float(distr[-1])) == (64, DEFAULTS['sample_store'], torch.float32, 1.0)
+    assert bool((distr[1:] >= distr[:-1]).all())
+    refills = table_rows(out, 1)
+    assert [row['step mode'] for row in refills] == modes
+    for row, main in zip(refills, rows):
+        assert row['steps a refill'] == f'{DEFAULTS["sample_store"] // 64:,}' and float(row['ours refill (s)']) > 0
+        assert float(row['official events/s with refills'].replace(',', '')) <= 1234
+        ours, theirs = (float(row[k].replace(',', '')) for k in ('ours events/s with refills',
+                                                                  'official events/s with refills'))
+        assert ours < float(main['ours events/s'].replace(',', ''))
+        assert float(row['ours / official with refills']) == pytest.approx(ours / theirs, rel=0.01)
+
+
+def test_with_refills_adds_a_refill_every_store_of_steps_by_hand():
+    config = {'batch_size': 32, 'n_sample': 2048}
+    # 10,000,000 // 2048 = 4,882 steps of 32 events = 156,224 events: 156.224 s at 1,000 events/s, + 10 s
+    assert bench_train.with_refills(1000.0, 10.0, config) == pytest.approx(156_224 / 166.224)
+    assert bench_train.with_refills(1000.0, 0.0, config) == pytest.approx(1000.0)
 
 
 def test_target_cells_follow_the_issue_rule_by_hand():
