@@ -415,16 +415,17 @@ class GuideTable:
         n = len(cdf)
         eps = torch.finfo(cdf.dtype).eps           # G * eps well under a bin: rounding moves u * G by < 1 bin
         self.bins = max(1, min(16 * n, 2 ** 22 if cdf.dtype == torch.float64 else 2 ** 19, int(0.05 / eps)))
-        edges = torch.arange(-1, self.bins + 3, dtype=cdf.dtype) / self.bins
+        edges = torch.arange(-1, self.bins + 3, dtype=cdf.dtype, device=cdf.device) / self.bins
         counts = torch.searchsorted(cdf, edges, right=True)
         self.lower = counts[:self.bins + 1].to(torch.int32)           # bin b: count(cdf <= (b - 1) / G)
         widest = int((counts[3:] - counts[:self.bins + 1]).max())      # ... <= u <= ... count(cdf <= (b + 2) / G)
         self.steps = widest.bit_length()
-        self.padded = torch.cat([cdf, torch.full((1 << self.steps,), float('inf'), dtype=cdf.dtype)])
+        self.padded = torch.cat([cdf, torch.full((1 << self.steps,), float('inf'), dtype=cdf.dtype,
+                                                 device=cdf.device)])
 
     def __call__(self, u):
         flat = u.reshape(-1)
-        out = torch.empty(flat.shape, dtype=torch.int64)
+        out = torch.empty(flat.shape, dtype=torch.int64, device=u.device)
         for start in range(0, len(flat), self.CHUNK):
             chunk = flat[start:start + self.CHUNK]
             position = self.lower.index_select(0, chunk.mul(self.bins).long())
