@@ -399,10 +399,11 @@ class GRU4Rec(nn.Module):
 
 class GuideTable:
     """torch.searchsorted(cdf, u, right=True) for a non-decreasing `cdf` (n,) and uniforms u in [0, 1), the
-    same indices, on the CPU 3.6x as fast (10M float64 uniforms over 52,739 items: 0.14 against 0.52 s, 2
-    threads; at the RSC15 setting the store's refill every 4,882 steps took 0.11 of a 2.2 ms step).
+    same indices, on the CPU 1.7-3.6x as fast (10M uniforms, 2 threads: over 52,739 items 0.14-0.23 against
+    0.52-0.56 s in float64; from 2,808 to 4M items 1.7-2.8x in one call each, float64 and float32; at the
+    RSC15 setting the store's refill every 4,882 steps took 0.11 of a 2.2 ms step).
 
-    torch.searchsorted's binary search over the whole CDF mispredicts a branch at every level. Here a guide
+    torch.searchsorted runs a binary search over the whole CDF (16 dependent levels at 52,739 items). Here a guide
     table over G equal bins of [0, 1) holds, for bin b, the count of CDF values <= (b - 1) / G: a lower
     bound of the answer for any u in bin b, one bin of slack either side absorbing the rounding of u * G
     and of the bin edges. Every answer is then within 2^S - 1 of its bin's bound (S: the bits of the widest
@@ -440,7 +441,7 @@ class SampleStore:
 
     A store of floor(store_size / n_sample) rows x n_sample item indices is generated in one vectorised
     call (inverse CDF: the first item whose cumulative probability exceeds a uniform draw; on the CPU by
-    `GuideTable`, the same indices as torch.searchsorted 3.6x as fast); each step takes the next row; a
+    `GuideTable`, the same indices as torch.searchsorted 1.7-3.6x as fast); each step takes the next row; a
     used-up store is regenerated. The store persists across epochs. Uniforms and CDF are float64
     (dtype=torch.float32: the official code's float32, --official_quirks sampler_float32).
     `state_dict()` is small: the generator state the current store was drawn from, and the row pointer.
