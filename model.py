@@ -415,7 +415,7 @@ class GuideTable:
     def __init__(self, cdf):
         n = len(cdf)
         eps = torch.finfo(cdf.dtype).eps           # G * eps well under a bin: rounding moves u * G by < 1 bin
-        self.bins = max(1, min(16 * n, 2 ** 22 if cdf.dtype == torch.float64 else 2 ** 19, int(0.05 / eps)))
+        self.bins = max(1, min(16 * n, 2 ** 22, int(0.05 / eps)))    # float32: 419,430 bins at most
         edges = torch.arange(-1, self.bins + 3, dtype=cdf.dtype, device=cdf.device) / self.bins
         counts = torch.searchsorted(cdf, edges, right=True)
         self.lower = counts[:self.bins + 1].to(torch.int32)           # bin b: count(cdf <= (b - 1) / G)
@@ -453,8 +453,7 @@ class SampleStore:
         cdf[-1] = 1.0
         self.cdf = cdf.to(device, dtype)
         self.dtype = dtype
-        self.invert = GuideTable(self.cdf) if self.cdf.device.type == 'cpu' else \
-            (lambda u: torch.searchsorted(self.cdf, u, right=True))
+        self.guide = GuideTable(self.cdf) if self.cdf.device.type == 'cpu' else None   # measured on the CPU only
         self.n_sample, self.device = n_sample, device
         self.rows = max(1, store_size // max(n_sample, 1))
         self.generator = torch.Generator(device=device)
@@ -465,7 +464,8 @@ class SampleStore:
         self.generated_from = self.generator.get_state()
         u = torch.rand(self.rows, self.n_sample, dtype=self.dtype, generator=self.generator,
                        device=self.device)
-        self.store = self.invert(u).clamp_(max=len(self.cdf) - 1)
+        found = self.guide(u) if self.guide is not None else torch.searchsorted(self.cdf, u, right=True)
+        self.store = found.clamp_(max=len(self.cdf) - 1)
         self.pointer = 0
 
     def next(self):
