@@ -19,7 +19,13 @@ dependence taken out:
   RSC15 setting the compiled step took 1.88 ms, now 1.80: 37,500 items, 2 threads.) In the shared mode
   an input-only item gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity;
 * session starts are a mask (all false when none starts), the optimiser state exists before the first step,
-  the loss stays on the device.
+  the loss stays on the device;
+* the sums over duplicate ids (the bias gradient over the candidates, the input rows' gradient) are
+  scatter_add_, not index_add_: eagerly the same numbers bit for bit (both add in index order), but Inductor
+  writes index_add_ as atomic adds over threads, which add duplicates in whatever order the threads meet, and
+  leaves scatter_add_ to ATen's kernel on the CPU. Until 2026-12-07 a compiled run on two threads did not
+  repeat itself (the demo's first epoch twice: loss 10.773730 and 10.595170); now it does (10.729789 both
+  times), at the same speed.
 
 The same numbers, to float rounding: segments past U add zero columns to the products, and every
 operation is the fast step's, in its order, except one: the top state's gradient is an (M x K) @ (K x L)
@@ -167,19 +173,19 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     columns_m = columns.expand(M, -1)
     scores = F.linear(top, w).gather(1, columns_m) + bias
     value, grad_scores = loss.value_and_grad(scores if correction is None else scores - correction)
-    grad_bias = grad_scores.new_zeros(K).index_add_(0, columns, grad_scores.sum(0))
+    grad_bias = grad_scores.new_zeros(K).scatter_add_(0, columns, grad_scores.sum(0))
     grad_scores = grad_scores.new_zeros(M, K).scatter_add_(1, columns_m, grad_scores)
     grad_w = grad_scores.T @ top
     grad = model.stack_backward(saved, grad_scores @ w)
     if model.mode == 'none':
         grad = model.onehot_backward(first_saved, grad)
     if model.mode == 'shared':
-        grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).index_add_(0, segment[:M], grad)
+        grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).scatter_add_(0, segment[:M, None].expand_as(grad), grad)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
         row_update(model.Wy, table_states[0], rows, source, grad_w, lr, mu, eps)
         row_update(model.By, table_states[1], rows, source, grad_bias, lr, mu, eps, touched=candidate)
     else:
-        grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).index_add_(0, in_segment, grad)
+        grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).scatter_add_(0, in_segment[:, None].expand_as(grad), grad)
         row_update(table, table_states[2], in_rows, in_source, grad_x, lr, mu, eps)
         row_update(model.Wy, table_states[0], rows, source, grad_w, lr, mu, eps)
         row_update(model.By, table_states[1], rows, source, grad_bias, lr, mu, eps)

@@ -123,15 +123,22 @@ def assert_same_step(eager, compiled):
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
 @pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum',
+                                  'XE, separate embedding, input dropout',
                                   'BPR, one-hot input, two layers, both dropouts, momentum'])
 def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train, case, monkeypatch):
     """torch.compile(fullgraph=True) of the static step (Inductor's C++ kernels): one step from the state
     after 20 eager steps gives the same weights and optimiser state to float rounding. One step from a common
     state, not 200 steps each: training amplifies rounding differences (a 1e-7 relative change of W_y grows to
     0.26 in 30 steps; static_step's docstring). BPR takes its gradient from autograd (Dynamo's
-    trace_autograd_ops, as CompiledStep sets it)."""
+    trace_autograd_ops, as CompiledStep sets it).
+    And the kernels add nothing atomically: a sum of rows that Inductor writes with atomic adds over
+    threads (its lowering of index_add_) adds duplicates in whatever order the threads meet, so a compiled run
+    on two or more threads would not repeat itself bit for bit (seen before 2026-12-07: two runs from one
+    state parted after 10 steps at the RSC15 setting). Read from the generated code, not from two runs that
+    may or may not race."""
     from torch._dynamo import config as dynamo
     from torch._inductor import config as inductor
+    from torch._inductor.utils import run_and_get_code
     if static_step.traces_autograd():
         monkeypatch.setattr(dynamo, 'trace_autograd_ops', True)
     config = {**DEFAULTS, **CASES[case], 'sample_store': 20_000}
@@ -153,11 +160,16 @@ def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train, ca
                                                        correction)
     torch.set_rng_state(state)
     fallback, inductor.fallback_random = inductor.fallback_random, True     # the eager dropout draws
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)        # Inductor writes parallel loops (and atomic adds in them) only for 2+ threads
     try:
         compiled = torch.compile(static_step.static_step, fullgraph=True)
-        compiled_loss, compiled_hidden = compiled(*twin, loss, inputs, hidden, candidates, reset, correction)
+        (compiled_loss, compiled_hidden), code = run_and_get_code(compiled, *twin, loss, inputs, hidden, candidates,
+                                                                  reset, correction)
     finally:
         inductor.fallback_random = fallback
+        torch.set_num_threads(threads)
+    assert code and all('cpp_fused' in c and 'atomic_add' not in c for c in code)
     assert_same_step((model, optimizer, eager_loss, eager_hidden), (*twin, compiled_loss, compiled_hidden))
 
 
