@@ -203,6 +203,7 @@ def test_a_loss_without_a_written_gradient_compiles_whole(train, monkeypatch, ca
     compiled = static_step.CompiledStep()      # (sets Inductor's fallback_random: the eager dropout draws)
     compiled_loss, compiled_hidden = compiled(*twin, loss, inputs, hidden, candidates, reset, None)
     assert not static_step.CompiledStep.failed and 'did not compile' not in capsys.readouterr().err
+    assert list(compiled.functions) == ['cpp']         # Inductor's C++ wrapper on the CPU (CPP_WRAPPER)
     assert len(static_step.COMPILE_SECONDS) == compiled_before + 1
     assert_same_step((model, optimizer, eager_loss, eager_hidden), (*twin, compiled_loss, compiled_hidden))
 
@@ -306,7 +307,7 @@ def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, ca
     calls, real = [], run[0].train_step
     monkeypatch.setattr(run[0], 'train_step', lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
     step = static_step.step_for('compiled', run[0], run[1])
-    monkeypatch.setattr(step, 'function', no_compiler)
+    monkeypatch.setattr(step, 'function', lambda wrapper: no_compiler)      # the C++ wrapper, then the Python one
     loss = train_epoch(*run, dict(config, step_mode='compiled'), 'cpu', max_steps=5)[0]
     assert len(calls) == 4          # the failed step ran eagerly static, the other four on the fast step
     torch.manual_seed(config['seed'])                         # the same seeds, the eager static step
@@ -317,6 +318,33 @@ def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, ca
     assert errors == ['warning: the static step did not compile (RuntimeError: no working C++ compiler found); '
                       'training with the fast step']
     assert static_step.step_for('compiled', run[0], run[1]) is None        # later epochs: the fast step
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+def test_a_failed_cpp_wrapper_compiles_with_the_python_one(train, monkeypatch, capsys):
+    """Where Inductor's C++ wrapper fails to compile, the step compiles with its Python wrapper (one warning
+    line) and every step of the epoch runs compiled; the C++ wrapper is not tried again."""
+    monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
+    monkeypatch.setattr(static_step, '_compiled', None)
+    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
+    from training import train_epoch
+    run = training_setup(config, train, 'cpu')
+    calls, real = [], run[0].train_step
+    monkeypatch.setattr(run[0], 'train_step', lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    step = static_step.step_for('compiled', run[0], run[1])
+    tried, function = [], step.function
+
+    def no_cpp_wrapper(wrapper):
+        tried.append(wrapper)
+        if wrapper == 'cpp':
+            raise RuntimeError('the C++ wrapper failed')
+        return function(wrapper)
+    monkeypatch.setattr(step, 'function', no_cpp_wrapper)
+    train_epoch(*run, dict(config, step_mode='compiled'), 'cpu', max_steps=5)
+    assert tried == ['cpp'] + ['python'] * 5 and calls == [] and not static_step.CompiledStep.failed
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: Inductor's C++ wrapper did not compile (RuntimeError: the C++ wrapper failed); compiled with its "
+        'Python wrapper']
 
 
 def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypatch, capsys):
