@@ -62,7 +62,7 @@ def parse_args(argv=None):
     g.add_argument('--fast_step', action=argparse.BooleanOptionalAction,
                    help='train with the hand-written backward (same numbers; --no-fast_step = plain autograd)')
     g.add_argument('--step_mode', choices=STEP_MODES, help='auto (default): compiled on the CPU where it measured '
-                   'faster (10,000 items and more, 2M training events x epochs and more, batches up to 200), else '
+                   'faster (2,500 items and more, 2M training events x epochs and more, batches up to 200), else '
                    'fast; fast: the hand-written step; plain: forward + autograd; static: the static-shape step '
                    '(static_step.py, the update of fast to float rounding); compiled: the static step under '
                    'torch.compile (needs a C++ compiler on CPU; falls back to the fast step with one warning), and '

@@ -364,7 +364,7 @@ def step_for(mode, model, optimizer):
     return _compiled
 
 
-AUTO_ITEMS = 10_000              # --step_mode auto compiles on the CPU from this many items,
+AUTO_ITEMS = 2_500               # --step_mode auto compiles on the CPU from this many items,
 AUTO_WORK = 2_000_000            # this many training events x epochs,
 AUTO_MAX_BATCH = 200             # and batches up to this size (auto_mode's docstring)
 
@@ -377,10 +377,13 @@ def fell_back(step):
 
 def auto_mode(config, model, optimizer, n_items, n_events, device, loss=None):
     """(the mode --step_mode auto trains with, why): on the CPU the compiled step where it was measured faster
-    including its compilation (AUTO_ITEMS items or more, where candidates seldom repeat: 1.10x the fast step
-    at 10,000 items, 1.22x at 37,500, 0.98x at 2,800; enough training for 5-15 s of compilation to pay:
-    AUTO_WORK events x epochs; batches up to AUTO_MAX_BATCH: rees46's batch of 240 at 512 units measured
-    0.85x / 0.94x on 2,808 / 18,752 items, the other five paramfiles 0.95-1.23x), else the fast step; on a
+    including its compilation (AUTO_ITEMS items or more, where candidates repeat less often; since the C++
+    wrapper and the deterministic sums, 2026-12-07, 2 threads: the five paramfiles of batch up to 200
+    1.08-1.14x the fast step on the 2,808-item sample and 1.17-1.40x on 18,752 synthetic items; the RSC15
+    setting in bench_static_step.py 0.90x at 1,000 items, 1.17x at 2,269 (the demo's epoch 1.15x), 1.25x
+    at 5,000, 1.33x at 10,000, retailrocket's 0.84x / 0.94x / 1.17x at 1,000 / 2,269 / 5,000; enough
+    training for 3-23 s of compilation to pay: AUTO_WORK events x epochs; batches up to AUTO_MAX_BATCH:
+    rees46's batch of 240 at 512 units measured 0.88x / 1.07x on 2,808 / 18,752 items), else the fast step; on a
     GPU the fast step until scripts/gpu_check.sh has measured the graph modes there. `loss` (a loss.ScoreLoss):
     one that takes its gradient from autograd (TOP1, BPR, ...) compiles only where Dynamo traces autograd.
     The one-hot input (no fast step: the plain one) compiles at any item count where the compilation pays

@@ -356,7 +356,8 @@ def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypa
     config = {'n_epochs': 10, 'batch_size': 200}
     assert auto(config, model, adagrad, 37_500, 300_000, 'cpu')[0] == 'compiled'     # 3M events x epochs
     assert auto(dict(config, batch_size=201), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'fast'   # rees46's 240
-    assert auto(config, model, adagrad, 9_999, 300_000, 'cpu')[0] == 'fast'          # candidates repeat too often
+    assert auto(config, model, adagrad, 2_499, 300_000, 'cpu')[0] == 'fast'          # candidates repeat too often
+    assert auto(config, model, adagrad, 2_500, 300_000, 'cpu')[0] == 'compiled'
     assert auto(config, model, adagrad, 37_500, 199_999, 'cpu')[0] == 'fast'         # the compilation would not pay
     assert auto(dict(config, n_epochs=7), model, adagrad, 37_500, 300_000, 'cpu')[0] == 'compiled'
     assert auto(config, model, adagrad, 37_500, 300_000, 'cuda')[0] == 'fast'        # not measured on a GPU yet
