@@ -238,11 +238,12 @@ class CompiledStep:
     the fast step, or the plain one for the one-hot input, instead: `fell_back`); nothing has changed the
     state when a compilation fails.
     On the CPU the kernels are called from Inductor's C++ wrapper (CPP_WRAPPER) instead of its Python one:
-    the same kernels and numbers bit for bit, a shorter way between them (the RSC15 step 2.00 against 2.29-2.36
-    ms, 37,500 items, 2 threads; at RSC15 scale 14,904 against 14,045 events/s); its own C++ file compiles once a setting and stays in Inductor's on-disk cache (RSC15
-    setting: 19.2 s fully cold against 22.8 with the Python wrapper, 11.9 s with only the kernels cached,
-    3.4 s warm either way). Where the C++ wrapper fails to compile, the Python wrapper is
-    compiled instead (`wrapper`), with one warning line (or only the one above if that fails too)."""
+    the same kernels and numbers bit for bit, a shorter way between them (the RSC15 step 2.00 against
+    2.29-2.36 ms, 37,500 items, 2 threads; at RSC15 scale 14,904 against 14,045 events/s); its own C++ file
+    compiles once a setting and stays in Inductor's on-disk cache (RSC15 setting: 19.2 s fully cold against
+    22.8 with the Python wrapper, 11.9 s with only the kernels cached, 3.4 s warm either way). Where the C++
+    wrapper fails to compile, the Python wrapper is compiled instead (`wrapper`), with one warning line (or
+    only the one above if that fails too)."""
 
     failed = False
     RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
