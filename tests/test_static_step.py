@@ -323,7 +323,8 @@ def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, ca
 @pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
 def test_a_failed_cpp_wrapper_compiles_with_the_python_one(train, monkeypatch, capsys):
     """Where Inductor's C++ wrapper fails to compile, the step compiles with its Python wrapper (one warning
-    line) and every step of the epoch runs compiled; the C++ wrapper is not tried again."""
+    line) and every step of the epoch runs compiled; the C++ wrapper is not tried again. Off the CPU the
+    Python wrapper is the one (CUDA graphs capture Inductor's Triton kernels from it)."""
     monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
     monkeypatch.setattr(static_step, '_compiled', None)
     config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
@@ -332,19 +333,22 @@ def test_a_failed_cpp_wrapper_compiles_with_the_python_one(train, monkeypatch, c
     calls, real = [], run[0].train_step
     monkeypatch.setattr(run[0], 'train_step', lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
     step = static_step.step_for('compiled', run[0], run[1])
-    tried, function = [], step.function
+    tried = []
 
-    def no_cpp_wrapper(wrapper):
+    def no_cpp_wrapper(wrapper):            # the Python wrapper's step: the eager one (compiling it is tested above)
         tried.append(wrapper)
         if wrapper == 'cpp':
             raise RuntimeError('the C++ wrapper failed')
-        return function(wrapper)
+        return static_step.tensor_step
     monkeypatch.setattr(step, 'function', no_cpp_wrapper)
     train_epoch(*run, dict(config, step_mode='compiled'), 'cpu', max_steps=5)
     assert tried == ['cpp'] + ['python'] * 5 and calls == [] and not static_step.CompiledStep.failed
     assert capsys.readouterr().err.splitlines() == [
         "warning: Inductor's C++ wrapper did not compile (RuntimeError: the C++ wrapper failed); compiled with its "
         'Python wrapper']
+    on_meta = copy.deepcopy(run[0]).to('meta')
+    compiled = static_step.CompiledStep()
+    assert compiled.wrapper(run[0]) == 'cpp' and compiled.wrapper(on_meta) == 'python'
 
 
 def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypatch, capsys):
