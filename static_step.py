@@ -17,7 +17,10 @@ dependence taken out:
   duplicate writes cannot change the result, whatever their order; no padding row is needed. (Until
   2026-12-07 the writes went through the sorted ids, each gathering its segment's new values: at the
   RSC15 setting the compiled step took 1.88 ms, now 1.80: 37,500 items, 2 threads.) In the shared mode
-  an input-only item gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity;
+  an input-only item gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity.
+  The compiled step on the CPU leaves these updates to row_kernel, after its graph: one C++ pass that
+  reads and writes each row once, skipping the repeated segments (Inductor cannot fuse a read and a write
+  through a computed index; CompiledStep);
 * session starts are a mask (all false when none starts), the optimiser state exists before the first step,
   the loss stays on the device;
 * the sums over duplicate ids (the bias gradient over the candidates, the input rows' gradient) are
@@ -50,18 +53,16 @@ GPU only; its buffer plumbing is tested on the CPU with a stand-in graph API, th
 and scripts/gpu_check.sh), and evaluate with the full-batch steps captured too (`evaluation_options`;
 evaluation.EvaluationGraph); `auto`, the default, picks `compiled` on the CPU where it measured faster, whole
 runs with their compilation (`auto_mode`), else `fast`. Measured on 2 CPU cores (issue #31, open):
-* scripts/bench_static_step.py, RSC15 setting (37,500 items, B 32, 2048 samples: U = 1,953 of K = 2,112):
-  eager 0.81-0.83x the fast step; compiled 1.15x (1 thread) / 1.16x (2 threads). A profile puts 2.3 of the
-  compiled step's 3.2 ms (1 thread) in Inductor's kernels and 0.55 ms in the matrix products; the row
-  update of W_y, its accumulator and velocity alone takes 1.1-1.3 ms (today's eager one as long): 6,336
-  scattered rows of three 15 MB tables. One interleaved [W | G | v] table per item table (tried: one
-  gather and one scatter of 1,200-byte rows, the forward's read included) took the update alone from 1.3
-  to 0.8 ms in a microbenchmark, but the whole compiled step stayed at 1.14x / 1.21x: the single gather of
-  2,112 such rows then took 0.56 ms (4.5 GB/s, bound by the latency of scattered reads), so it was not
-  kept; what is left is memory latency (prefetching the rows, or more threads), not operator count;
-* the demo (2,269 items, U = 1,200 of K = 2,112; 3 epochs, 2 threads): compiled 16,379 / 15,731 events/s in
-  epochs 1-2 against the fast step's 18,963 / 17,416, whole run 27.3 s against 16.7 s: where most candidates
-  repeat, K-sized products and updates cost more than the fusion saves.
+* scripts/bench_static_step.py, RSC15 setting (37,500 items, B 32, 2048 samples: U = 1,953 of K = 2,112;
+  2026-12-07): eager 0.85x the fast step, compiled 1.61x (1.82 ms a step), 1.41x with Inductor's row
+  updates in the graph (`inductor_rows`). Before row_kernel, a profile put 0.5-0.7 ms of the compiled step
+  in Inductor's update of W_y, its accumulator and velocity (four passes over the 2,112 rows, buffers
+  between them) and 0.52 ms in the matrix products; row_kernel's one pass takes 0.2 ms, most of it waiting
+  for scattered rows (the next rows are prefetched). Tried before: one interleaved [W | G | v] table per item
+  table (one gather and one scatter of 1,200-byte rows), not kept: the whole compiled step stayed at 1.14x /
+  1.21x then;
+* the demo (2,269 items, U = 1,200 of K = 2,112): where most candidates repeat, K-sized products and
+  updates cost more than the fusion saves, hence auto_mode's item threshold.
 Compiled and eager agree to float rounding after one step (1.1e-6 relative at most, with Inductor's
 fallback_random for the same dropout draws; at the issue's settings, XE at 100 units and BPR-max with ELU at
 512, one compiled step and one fast step from the state after 1 and after 200 compiled steps: weights and
@@ -76,6 +77,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import row_kernel
 from devices import CudaGraphs, GraphReplay, compilation_timer, fallback_warning, has_compiler
 from optimizer import AdagradM
 
@@ -145,8 +147,10 @@ def optimizer_tensors(model, optimizer):
 
 @torch.no_grad()        # the backward is written out (a loss without one enables autograd on the scores alone)
 def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, hidden, candidates, reset,
-                correction=None):
-    """static_step with the optimiser given as `optimizer_tensors`: the function that is compiled."""
+                correction=None, deferred=False):
+    """static_step with the optimiser given as `optimizer_tensors`: the function that is compiled. `deferred`:
+    leave the item tables' row updates undone and return their (rows, source, gradient, touched mask or None)
+    too, one per table of `row_tables` (CompiledStep applies them with row_kernel)."""
     lr, mu, eps = hyper
     M = len(inputs)
     hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
@@ -182,15 +186,25 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     if model.mode == 'shared':
         grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).scatter_add_(0, segment[:M, None].expand_as(grad), grad)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
-        row_update(model.Wy, table_states[0], rows, source, grad_w, lr, mu, eps)
-        row_update(model.By, table_states[1], rows, source, grad_bias, lr, mu, eps, touched=candidate)
+        updates = [(rows, source, grad_w, None), (rows, source, grad_bias, candidate)]
     else:
         grad_x = grad.new_zeros(len(in_rows), grad.shape[1]).scatter_add_(0, in_segment[:, None].expand_as(grad), grad)
-        row_update(table, table_states[2], in_rows, in_source, grad_x, lr, mu, eps)
-        row_update(model.Wy, table_states[0], rows, source, grad_w, lr, mu, eps)
-        row_update(model.By, table_states[1], rows, source, grad_bias, lr, mu, eps)
+        updates = [(in_rows, in_source, grad_x, None), (rows, source, grad_w, None), (rows, source, grad_bias, None)]
     AdagradM._dense_step(dense, [p.grad for p in dense], dense_states, lr, mu, eps)
+    if deferred:
+        return value, new, updates
+    for (table, state), (update_rows, update_source, update_grad, touched) in zip(row_tables(model, table_states),
+                                                                                   updates):
+        row_update(table, state, update_rows, update_source, update_grad, lr, mu, eps, touched)
     return value, new
+
+
+def row_tables(model, table_states):
+    """The item tables that tensor_step updates row by row, with their optimiser states, in its order."""
+    pairs = [(model.Wy, table_states[0]), (model.By, table_states[1])]
+    if model.mode != 'shared':
+        pairs.insert(0, (model.E if model.mode == 'separate' else model.Wx0, table_states[2]))
+    return pairs
 
 
 def init_state(optimizer):
@@ -243,12 +257,18 @@ class CompiledStep:
     compiles once a setting and stays in Inductor's on-disk cache (RSC15 setting: 19.2 s fully cold against
     22.8 with the Python wrapper, 11.9 s with only the kernels cached, 3.4 s warm either way). Where the C++
     wrapper fails to compile, the Python wrapper is compiled instead (`wrapper`), with one warning line (or
-    only the one above if that fails too)."""
+    only the one above if that fails too).
+    On the CPU the item tables' row updates run after the graph, by row_kernel's one pass over the rows
+    (ROW_KERNEL; `deferred`: tensor_step returns them undone), instead of Inductor's four passes inside it:
+    the same numbers bit for bit, 1.82 against 2.07 ms a step at the RSC15 setting (37,500 items, 2 threads),
+    5-26% at the other paramfiles (18,752 items; bench_static_step.py's inductor_rows rows). Where the
+    kernel does not build (one warning line) or a table does not fit it, the graph keeps the updates."""
 
     failed = False
     RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
                                 # or a benchmark over the paramfiles, and would leave the rest eager)
     CPP_WRAPPER = True          # Inductor's C++ wrapper around the kernels on the CPU (class docstring)
+    ROW_KERNEL = True           # the item tables' row updates by row_kernel on the CPU (class docstring)
 
     def __init__(self):
         from torch._dynamo import config as dynamo
@@ -280,9 +300,10 @@ class CompiledStep:
                 or self.last[2][0][0] is not optimizer.state.get(model.Wy)):    # (a load_state_dict since)
             self.last = (model, optimizer, optimizer_tensors(model, optimizer))
         wrapper = self.wrapper(model)
+        deferred = self.deferred(model)
         try:
             with compilation_timer(self.compiled):
-                return self.function(wrapper)(model, *self.last[2], *args)
+                result = self.function(wrapper)(model, *self.last[2], *args, deferred=deferred)
         except Exception as err:            # no C++ compiler, an operator Inductor cannot take, Dynamo's
             if wrapper == 'cpp':            # recompile limit (RECOMPILE_LIMIT settings in one process), ...
                 self.cpp_failed = True
@@ -294,6 +315,21 @@ class CompiledStep:
             fallback_warning('the static step did not compile', err,
                              f'training with the {"fast" if model.has_fast_step else "plain"} step')
             return static_step(model, optimizer, *args)
+        if not deferred:
+            return result
+        value, new, updates = result
+        lr, mu, eps = self.last[2][3]
+        for (table, state), (rows, source, grad, touched) in zip(row_tables(model, self.last[2][0]), updates):
+            update = row_kernel.row_update if row_kernel.fits(table, state, rows, grad) else row_update
+            update(table, state, rows, source, grad, lr, mu, eps, touched)
+        return value, new
+
+    def deferred(self, model):
+        """Whether the step's row updates run after the compiled graph, by row_kernel (ROW_KERNEL, on the CPU,
+        where the kernel builds and fits the tables), instead of in it (Inductor's update)."""
+        return (CompiledStep.ROW_KERNEL and model.Wy.device.type == 'cpu'
+                and all(row_kernel.fits_table(table, state) for table, state in row_tables(model, self.last[2][0]))
+                and row_kernel.kernel() is not None)
 
     @staticmethod
     def compiled(seconds):

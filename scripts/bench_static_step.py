@@ -8,7 +8,9 @@
 Rows: `fast` = GRU4Rec.train_step + AdagradM.update (the training loop's step today; for the one-hot input of
 the iclr16 presets, which has no fast step, `plain` = forward, autograd and the update), `static` = the static
 step run eagerly, `compiled` = the static step under torch.compile(fullgraph=True) (TorchInductor's C++
-kernels on CPU, Triton on GPU; Inductor's on-disk cache makes a second run's compilation short), and on a
+kernels on CPU, Triton on GPU; Inductor's on-disk cache makes a second run's compilation short; on the CPU the
+item tables' row updates by row_kernel after the graph), `inductor_rows` = the compiled step with Inductor's
+row updates inside the graph instead (CompiledStep.ROW_KERNEL off: until 2026-12-07 the only way), and on a
 GPU `graph` / `compiled_graph` = the static / compiled step captured as a CUDA graph (static_step.GraphStep),
 for each official paramfile named (config.PRESETS: layers, batch size, n_sample, loss, dropout, momentum).
 Untrained model, random inputs and popularity-skewed candidates (the cost of a step does not depend on the
@@ -44,8 +46,9 @@ def parse_args(argv=None):
     p.add_argument('--loss', nargs=2, metavar=('LOSS', 'FINAL_ACT'),
                    help="another loss for every paramfile, e.g. --loss top1 tanh (the paramfile's bpreg kept)")
     p.add_argument('--n_sample', type=int, help="another number of shared negatives for every paramfile")
-    p.add_argument('--modes', nargs='+', choices=['fast', 'static', 'compiled', 'graph', 'compiled_graph'],
-                   help='default: fast static compiled, and graph compiled_graph on a GPU')
+    p.add_argument('--modes', nargs='+', choices=['fast', 'static', 'compiled', 'inductor_rows', 'graph',
+                                                 'compiled_graph'],
+                   help='default: fast static compiled, and inductor_rows on the CPU, graph compiled_graph on a GPU')
     return p.parse_args(argv)
 
 
@@ -64,7 +67,14 @@ def bench(config, n, threads, steps, rounds, generator, device='cpu', modes=('fa
                for _ in range(steps + 1)]
     correction = torch.zeros(B + config['n_sample'], device=device)
     no_reset = torch.zeros(B, dtype=torch.bool, device=device)
-    compiled = static_step.CompiledStep()
+    compiled, inductor_rows = static_step.CompiledStep(), static_step.CompiledStep()
+
+    def with_inductors_rows(*args):             # the compiled step with its row updates in the graph
+        static_step.CompiledStep.ROW_KERNEL = False
+        try:
+            return inductor_rows(*args)
+        finally:
+            static_step.CompiledStep.ROW_KERNEL = True
 
     def fast(model, optimizer, inputs, hidden, candidates):
         if model.has_fast_step:
@@ -83,7 +93,7 @@ def bench(config, n, threads, steps, rounds, generator, device='cpu', modes=('fa
         return lambda m, o, i, h, c: function(m, o, loss, i, h, c, no_reset, correction)
 
     functions = {'fast': lambda: fast, 'static': lambda: stepping(static_step.static_step),
-                 'compiled': lambda: stepping(compiled),
+                 'compiled': lambda: stepping(compiled), 'inductor_rows': lambda: stepping(with_inductors_rows),
                  'graph': lambda: stepping(static_step.GraphStep(static_step.static_step)),
                  'compiled_graph': lambda: stepping(static_step.GraphStep(compiled))}
     torch.set_num_threads(threads)
@@ -122,7 +132,8 @@ def main(argv=None):
     dynamo.recompile_limit = 64              # one compilation per paramfile
     if static_step.traces_autograd():
         dynamo.trace_autograd_ops = True     # as CompiledStep: the losses that take their gradient from autograd
-    modes = args.modes or ['fast', 'static', 'compiled'] + (['graph', 'compiled_graph'] if args.device != 'cpu' else [])
+    modes = args.modes or ['fast', 'static', 'compiled'] + (['graph', 'compiled_graph'] if args.device != 'cpu'
+                                                            else ['inductor_rows'])
     if args.device != 'cpu':
         print(f'device {args.device}: {torch.cuda.get_device_name(torch.device(args.device))}')
     print(f'{args.items:,} items, AdagradM; load average {os.getloadavg()[0]:.2f} at the start')

@@ -1,0 +1,154 @@
+"""AdagradM's row rule (spec B9) on the CPU as one C++ loop that reads and writes each row of an item table
+once: the row updates of the compiled static step (issue #31), applied after its compiled graph.
+
+Why by hand: Inductor writes the update of W_y, its accumulator and its velocity as four passes over the
+step's rows with buffers between them, and cannot do better: it never fuses a read and a write of one tensor
+through a computed index (its scheduler's rule), which a single pass needs. This loop does it in one pass,
+each row by one thread (OpenMP over the rows, torch's thread count), with the next rows prefetched: the same
+arithmetic as Inductor's kernel, bit for bit (tests/test_row_kernel.py), in a fraction of the time
+(RSC15 setting, 37,500 items, 2 threads: about 0.2 against 0.5-0.7 ms; the whole step 1.82 against 2.07 ms,
+and 5-26% faster at the other paramfiles: bench_static_step.py's `inductor_rows` rows, benchmarks/RESULTS.md).
+Everything else of the step stays in the compiled graph, and the GPU's step keeps Inductor's update (a GPU
+replays the step as a CUDA graph).
+
+The rows come as the static step's segments (static_step.segments): segment k holds row `rows[k]` and the
+segments past the last distinct row repeat it (`source[k] != k`); those are skipped, so every row is
+written by one iteration only and the loop is free of races whatever the order of the threads. `touched`:
+the segments that take the update (the others keep their values: b_y of input-only items).
+
+The source is compiled once a machine (C++ compiler of torch.compile's CPU backend, -O3 -march=native) into
+Inductor's cache folder, keyed by the source and the flags, and loaded with ctypes. Where it does not
+compile (no OpenMP, no compiler), `kernel` returns None, prints one warning line, and the compiled step
+keeps Inductor's update.
+"""
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+SOURCE = r'''
+#include <cmath>
+#include <cstdint>
+
+extern "C" void row_update(float *table, float *acc, float *velocity, const int64_t *rows, const int64_t *source,
+                           const float *grad, const bool *touched, int64_t K, int64_t L, float lr, float mu,
+                           float eps, int threads) {
+    const int64_t ahead = 6;            // rows prefetched ahead: their reads miss the caches
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t k = 0; k < K; k++) {
+        if (source[k] != k || (touched && !touched[k])) continue;
+        if (k + ahead < K) {
+            int64_t next = rows[k + ahead] * L;
+            for (int64_t j = 0; j < L; j += 16) {
+                __builtin_prefetch(table + next + j, 1);
+                __builtin_prefetch(acc + next + j, 1);
+                if (mu > 0) __builtin_prefetch(velocity + next + j, 1);
+            }
+        }
+        const float *g = grad + k * L;
+        float *w = table + rows[k] * L, *a = acc + rows[k] * L, *v = velocity + rows[k] * L;
+        for (int64_t j = 0; j < L; j++) {
+            float G = a[j] + g[j] * g[j];
+            a[j] = G;
+            if (mu > 0) {
+                float step = std::fma(g[j] / std::sqrt(G + eps), -lr, v[j] * mu);
+                v[j] = step;
+                w[j] += step;
+            } else {
+                w[j] += g[j] * -lr / std::sqrt(G + eps);
+            }
+        }
+    }
+}
+'''
+
+# -ffp-contract=off: a product and a sum are rounded apart, as in Inductor's kernel (its fma is written out)
+FLAGS = [['-O3', '-march=native', '-fno-math-errno', '-ffp-contract=off', '-fopenmp', '-shared', '-fPIC'],
+         ['-O3', '-fno-math-errno', '-ffp-contract=off', '-shared', '-fPIC']]       # no OpenMP: one thread
+
+_kernel = None
+_failed = False
+
+
+def compiler():
+    return next((shutil.which(c) for c in ('g++', 'c++', 'clang++') if shutil.which(c)), None)
+
+
+def cache_folder():
+    """Inductor's cache folder (TORCHINDUCTOR_CACHE_DIR, else a folder of the temporary directory)/gru4rec."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        folder = cache_dir()
+    except ImportError:                 # an older torch
+        folder = os.environ.get('TORCHINDUCTOR_CACHE_DIR') or os.path.join(tempfile.gettempdir(), 'torchinductor')
+    return os.path.join(folder, 'gru4rec')
+
+
+def build(cxx, flags, folder):
+    """The shared library of SOURCE built with `cxx` and `flags` in `folder` (reused when there): its path.
+    Built under a temporary name and renamed, so a half-written library never poses as one."""
+    key = hashlib.sha256('\0'.join([SOURCE, cxx, *flags]).encode()).hexdigest()[:20]
+    path = os.path.join(folder, f'row_update_{key}.so')
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            source, library = os.path.join(scratch, 'row_update.cpp'), os.path.join(scratch, 'row_update.so')
+            with open(source, 'w') as f:
+                f.write(SOURCE)
+            subprocess.run([cxx, *flags, source, '-o', library], check=True, capture_output=True, text=True)
+            os.replace(library, path)
+    return path
+
+
+def load(path):
+    library = ctypes.CDLL(path)
+    pointer = ctypes.c_void_p
+    library.row_update.argtypes = [pointer] * 7 + [ctypes.c_int64] * 2 + [ctypes.c_float] * 3 + [ctypes.c_int]
+    library.row_update.restype = None
+    return library.row_update
+
+
+def kernel():
+    """The loaded row update (built at the first call), or None where it does not build (one warning line)."""
+    global _kernel, _failed
+    if _kernel is None and not _failed:
+        cxx, error = compiler(), None
+        for flags in FLAGS if cxx else []:
+            try:
+                _kernel = load(build(cxx, flags, cache_folder()))
+                break
+            except (OSError, subprocess.CalledProcessError) as err:
+                error = error or err
+        if _kernel is None:
+            _failed = True
+            first = (getattr(error, 'stderr', '') or str(error or 'no C++ compiler')).strip().splitlines() or ['']
+            print(f'warning: the row update kernel did not compile ({first[0][:160]}); the compiled step keeps '
+                  "Inductor's row update", file=sys.stderr)
+    return _kernel
+
+
+def fits_table(table, state):
+    """Whether the kernel can update this table: CPU float32, contiguous, its optimiser state alike."""
+    tensors = (table, state['acc'], state['velocity'])
+    return (all(t.device.type == 'cpu' and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+            and table.shape == state['acc'].shape == state['velocity'].shape)
+
+
+def fits(table, state, rows, grad):
+    """Whether the kernel can take this update: the table fits, int64 rows and a gradient row per row."""
+    return (fits_table(table, state) and rows.dtype == torch.int64 and grad.dtype == torch.float32
+            and grad.is_contiguous() and grad.shape[0] == len(rows) and grad[0].numel() == table[0].numel())
+
+
+def row_update(table, state, rows, source, grad, lr, mu, eps, touched=None):
+    """static_step.row_update by the kernel, in place: the kernel must exist (`kernel`) and fit (`fits`)."""
+    rows, source = rows.contiguous(), source.to(torch.int64).contiguous()
+    touched = None if touched is None else touched.to(torch.bool).contiguous()
+    kernel()(table.data_ptr(), state['acc'].data_ptr(), state['velocity'].data_ptr(), rows.data_ptr(),
+             source.data_ptr(), grad.data_ptr(), None if touched is None else touched.data_ptr(), len(rows),
+             table[0].numel(), lr, mu, eps, torch.get_num_threads())

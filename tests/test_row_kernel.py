@@ -1,0 +1,148 @@
+"""row_kernel.py (issue #31): the compiled step's row updates as one C++ pass over the rows, bit for bit
+Inductor's update, and its fallbacks."""
+import copy
+import os
+import stat
+
+import pytest
+import torch
+
+from config import DEFAULTS
+import row_kernel
+import static_step
+from test_static_step import CASES, train  # noqa: F401  (the module's training split fixture)
+from training import training_setup
+
+compiler = pytest.mark.skipif(row_kernel.compiler() is None, reason='no C++ compiler')
+
+
+def update_case(n_rows, width, momentum, touched, seed):
+    """A table with its state, the segments of 300 ids drawn with many repeats, a gradient per segment (zero
+    past the last distinct row, as the step makes it) and a touched mask or None."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n_rows,) if width == 1 else (n_rows, width)
+    table, velocity = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    acc = torch.rand(shape, generator=g)
+    ids = torch.multinomial(torch.rand(n_rows, generator=g) ** 4, 300, replacement=True, generator=g)
+    segment, rows, source = static_step.segments(ids)
+    grad = torch.randn(300, *shape[1:], generator=g)
+    real = source == torch.arange(300)
+    assert not real.all()                                # the case has segments past the last distinct row
+    grad[~real] = 0.0
+    mask = torch.rand(300, generator=g) < 0.7 if touched else None
+    return table, {'acc': acc, 'velocity': velocity}, rows, source, grad, 0.1, momentum, 1e-6, mask
+
+
+@compiler
+@pytest.mark.parametrize('width, momentum, touched', [(40, 0.3, False), (1, 0.0, True), (7, 0.2, True)])
+def test_the_kernel_is_inductors_row_update_bit_for_bit(width, momentum, touched):
+    """The kernel against static_step.row_update compiled by Inductor (whose arithmetic it repeats: bit for bit)
+    and eager (to float rounding), on rows with repeats, momentum on and off, a touched mask (b_y's case) and
+    widths that are not a multiple of the vector length, on 2 threads."""
+    case = update_case(500, width, momentum, touched, seed=width)
+    kernel, inductor, eager = (copy.deepcopy(case[:2]) for _ in range(3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        row_kernel.row_update(*kernel, *case[2:])
+        torch.compile(static_step.row_update, fullgraph=True)(*inductor, *case[2:])
+    finally:
+        torch.set_num_threads(threads)
+    static_step.row_update(*eager, *case[2:])
+    for a, b, c in zip([kernel[0], *kernel[1].values()], [inductor[0], *inductor[1].values()],
+                       [eager[0], *eager[1].values()]):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, c, rtol=1e-6, atol=1e-6)
+    changed = (kernel[0] != case[0]).reshape(500, -1).any(1)
+    rows, real, mask = case[2], case[3] == torch.arange(300), case[8]
+    expected = torch.zeros(500, dtype=torch.bool)
+    expected[rows[real & (mask if mask is not None else True)]] = True
+    assert torch.equal(changed, expected)                # the touched rows changed, no other
+
+
+@compiler
+@pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum', 'XE, separate embedding, input dropout'])
+def test_the_compiled_step_with_the_kernel_equals_it_without(train, case, monkeypatch):  # noqa: F811
+    """CompiledStep updates the item tables with the kernel after its graph (ROW_KERNEL): the same weights,
+    optimiser state, loss and hidden state bit for bit as the step with Inductor's update inside the graph."""
+    from torch._inductor import config as inductor
+    monkeypatch.setattr(inductor, 'fallback_random', True)
+    config = {**DEFAULTS, **CASES[case], 'sample_store': 20_000}
+    model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
+    static_step.init_state(optimizer)
+    hidden = model.init_hidden(iterator.n_slots, 'cpu')
+    inputs, targets, reset, _ = next(iterator.torch_steps('cpu'))
+    samples = sampler.next()
+    candidates = torch.cat([targets, samples])
+    correction = None if logq is None else torch.cat([logq[0][targets], logq[1][samples]])
+    reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+    runs, calls = [], []
+    real_update = row_kernel.row_update
+    monkeypatch.setattr(row_kernel, 'row_update', lambda *a: calls.append(a[2].shape) or real_update(*a))
+    for with_kernel in (True, False):
+        monkeypatch.setattr(static_step.CompiledStep, 'ROW_KERNEL', with_kernel)
+        twin = copy.deepcopy((model, optimizer))
+        torch.manual_seed(7)
+        value, new = static_step.CompiledStep()(*twin, loss, inputs, hidden, candidates, reset, correction)
+        runs.append((twin, value, new))
+    assert len(calls) == (2 if model.mode == 'shared' else 3)           # every table by the kernel, once
+    (a_model, a_opt), a_value, a_hidden = runs[0]
+    (b_model, b_opt), b_value, b_hidden = runs[1]
+    assert torch.equal(a_value, b_value) and all(torch.equal(a, b) for a, b in zip(a_hidden, b_hidden))
+    for a, b in zip(a_model.parameters(), b_model.parameters()):
+        assert torch.equal(a, b)
+        assert all(torch.equal(a_opt.state[a][key], b_opt.state[b][key]) for key in ('acc', 'velocity'))
+    assert not torch.equal(a_model.Wy, model.Wy)                        # (the step did update the table)
+
+
+def test_a_kernel_that_does_not_build_leaves_inductors_update_with_one_warning(tmp_path, monkeypatch, capsys):
+    """A compiler that fails: both flag sets are tried (with OpenMP, then without), one warning line, no
+    library left behind, kernel() None from then on without trying again, and CompiledStep does not defer."""
+    log = tmp_path / 'calls'
+    fake = tmp_path / 'c++'
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\necho "fatal error: omp.h: No such file" >&2\nexit 1\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(row_kernel, 'compiler', lambda: str(fake))
+    monkeypatch.setattr(row_kernel, 'cache_folder', lambda: str(tmp_path / 'cache'))
+    monkeypatch.setattr(row_kernel, '_kernel', None)
+    monkeypatch.setattr(row_kernel, '_failed', False)
+    assert row_kernel.kernel() is None and row_kernel.kernel() is None
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2 and '-fopenmp' in calls[0] and '-fopenmp' not in calls[1]
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: the row update kernel did not compile (fatal error: omp.h: No such file); the compiled step '
+        "keeps Inductor's row update"]
+    assert os.listdir(tmp_path / 'cache') == []
+    model = type('Model', (), {'Wy': torch.zeros(3, 2), 'By': torch.zeros(3), 'mode': 'shared'})()
+    state = {'acc': torch.zeros(3, 2), 'velocity': torch.zeros(3, 2)}
+    bias_state = {'acc': torch.zeros(3), 'velocity': torch.zeros(3)}
+    step = static_step.CompiledStep()
+    step.last = (model, None, ([state, bias_state], [], [], (0.1, 0.0, 1e-6)))
+    assert not step.deferred(model)
+
+
+@compiler
+def test_the_kernel_is_built_once_and_reused(tmp_path, monkeypatch):
+    """The library goes to the cache folder under a key of source, compiler and flags; a second build finds it
+    and runs no compiler."""
+    cxx = row_kernel.compiler()
+    path = row_kernel.build(cxx, row_kernel.FLAGS[0], str(tmp_path))
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+    monkeypatch.setattr(row_kernel.subprocess, 'run', lambda *a, **k: pytest.fail('compiled again'))
+    assert row_kernel.build(cxx, row_kernel.FLAGS[0], str(tmp_path)) == path
+    table, state, rows, source, grad, *rest = update_case(50, 3, 0.0, False, seed=1)
+    before = table.clone()
+    row_kernel.load(path)(table.data_ptr(), state['acc'].data_ptr(), state['velocity'].data_ptr(), rows.data_ptr(),
+                          source.data_ptr(), grad.data_ptr(), None, len(rows), 3, 0.1, 0.0, 1e-6, 1)
+    assert not torch.equal(table, before)
+
+
+def test_fits():
+    table, state = torch.zeros(4, 3), {'acc': torch.zeros(4, 3), 'velocity': torch.zeros(4, 3)}
+    rows, grad = torch.tensor([0, 2]), torch.zeros(2, 3)
+    assert row_kernel.fits(table, state, rows, grad)
+    assert not row_kernel.fits(table.double(), state, rows, grad)
+    assert not row_kernel.fits(table, state, rows.int(), grad)
+    assert not row_kernel.fits(table, state, rows, torch.zeros(3, 2).T)            # not contiguous
+    assert not row_kernel.fits(table, {**state, 'velocity': torch.zeros(4, 2)}, rows, grad)
+    assert not row_kernel.fits(torch.zeros(4, 3, device='meta'), state, rows, grad)
