@@ -259,10 +259,11 @@ class CompiledStep:
     wrapper fails to compile, the Python wrapper is compiled instead (`wrapper`), with one warning line (or
     only the one above if that fails too).
     On the CPU the item tables' row updates run after the graph, by row_kernel's one pass over the rows
-    (ROW_KERNEL; `deferred`: tensor_step returns them undone), instead of Inductor's four passes inside it:
-    the same numbers bit for bit, 1.82 against 2.07 ms a step at the RSC15 setting (37,500 items, 2 threads),
-    5-26% at the other paramfiles (18,752 items; bench_static_step.py's inductor_rows rows). Where the
-    kernel does not build (one warning line) or a table does not fit it, the graph keeps the updates."""
+    (ROW_KERNEL, `fits_kernel`; tensor_step's `deferred` returns them undone), instead of Inductor's four
+    passes inside it: the same numbers bit for bit, 1.82 against 2.07 ms a step at the RSC15 setting (37,500
+    items, 2 threads), 5-26% at the other paramfiles (18,752 items; bench_static_step.py's inductor_rows
+    rows). Where the kernel does not build (one warning line) or a table does not fit it, the graph keeps
+    the updates."""
 
     failed = False
     RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
@@ -280,6 +281,7 @@ class CompiledStep:
         self.functions = {}                # wrapper ('cpp' or 'python') -> tensor_step compiled with it
         self.cpp_failed = False            # the C++ wrapper failed to compile once: the Python one from then on
         self.last = None                   # (model, optimiser, their optimizer_tensors) of the last call
+        self.kernel_fits = False           # row_kernel takes the last call's row updates (fits_kernel)
 
     def wrapper(self, model):
         """Inductor's wrapper for a step of `model`: 'cpp' on the CPU (CPP_WRAPPER), else 'python'."""
@@ -299,8 +301,9 @@ class CompiledStep:
         if (self.last is None or self.last[0] is not model or self.last[1] is not optimizer
                 or self.last[2][0][0] is not optimizer.state.get(model.Wy)):    # (a load_state_dict since)
             self.last = (model, optimizer, optimizer_tensors(model, optimizer))
+            self.kernel_fits = self.fits_kernel(model)
         wrapper = self.wrapper(model)
-        deferred = self.deferred(model)
+        deferred = CompiledStep.ROW_KERNEL and self.kernel_fits
         try:
             with compilation_timer(self.compiled):
                 result = self.function(wrapper)(model, *self.last[2], *args, deferred=deferred)
@@ -324,10 +327,10 @@ class CompiledStep:
             update(table, state, rows, source, grad, lr, mu, eps, touched)
         return value, new
 
-    def deferred(self, model):
-        """Whether the step's row updates run after the compiled graph, by row_kernel (ROW_KERNEL, on the CPU,
-        where the kernel builds and fits the tables), instead of in it (Inductor's update)."""
-        return (CompiledStep.ROW_KERNEL and model.Wy.device.type == 'cpu'
+    def fits_kernel(self, model):
+        """Whether row_kernel can take the row updates of `model`'s step (on the CPU, where the kernel builds and
+        fits the tables): then they run after the compiled graph (with ROW_KERNEL), else in it."""
+        return (model.Wy.device.type == 'cpu'
                 and all(row_kernel.fits_table(table, state) for table, state in row_tables(model, self.last[2][0]))
                 and row_kernel.kernel() is not None)
 

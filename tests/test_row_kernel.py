@@ -118,7 +118,7 @@ def test_a_kernel_that_does_not_build_leaves_inductors_update_with_one_warning(t
     bias_state = {'acc': torch.zeros(3), 'velocity': torch.zeros(3)}
     step = static_step.CompiledStep()
     step.last = (model, None, ([state, bias_state], [], [], (0.1, 0.0, 1e-6)))
-    assert not step.deferred(model)
+    assert not step.fits_kernel(model)
 
 
 @compiler
