@@ -127,9 +127,12 @@ def keep_freed_memory():
             and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
 
 
+COMPILERS = ('g++', 'c++', 'clang++')     # the C++ compilers looked for, in this order
+
+
 def has_compiler():
     """Whether torch.compile's CPU backend (Inductor's C++ kernels) can find a C++ compiler."""
-    return any(shutil.which(c) for c in ('g++', 'c++', 'clang++'))
+    return any(shutil.which(c) for c in COMPILERS)
 
 
 def fallback_warning(what, err, instead):

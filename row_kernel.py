@@ -31,6 +31,8 @@ import tempfile
 
 import torch
 
+from devices import COMPILERS
+
 SOURCE = r'''
 #include <cmath>
 #include <cstdint>
@@ -76,7 +78,8 @@ _failed = False
 
 
 def compiler():
-    return next((shutil.which(c) for c in ('g++', 'c++', 'clang++') if shutil.which(c)), None)
+    """The path of the first C++ compiler found (devices.COMPILERS), or None."""
+    return next((shutil.which(c) for c in COMPILERS if shutil.which(c)), None)
 
 
 def cache_folder():
