@@ -142,10 +142,15 @@ def fits_table(table, state):
             and table.shape == state['acc'].shape == state['velocity'].shape)
 
 
+def fits_update(table, rows, grad):
+    """Whether the kernel can take an update of a fitting table: int64 rows and a float32 gradient row per row."""
+    return (rows.dtype == torch.int64 and grad.dtype == torch.float32 and grad.is_contiguous()
+            and grad.shape[0] == len(rows) and grad[0].numel() == table[0].numel())
+
+
 def fits(table, state, rows, grad):
-    """Whether the kernel can take this update: the table fits, int64 rows and a gradient row per row."""
-    return (fits_table(table, state) and rows.dtype == torch.int64 and grad.dtype == torch.float32
-            and grad.is_contiguous() and grad.shape[0] == len(rows) and grad[0].numel() == table[0].numel())
+    """Whether the kernel can take this update: the table fits (fits_table) and so do the rows and gradient."""
+    return fits_table(table, state) and fits_update(table, rows, grad)
 
 
 def row_update(table, state, rows, source, grad, lr, mu, eps, touched=None):

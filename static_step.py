@@ -269,7 +269,8 @@ class CompiledStep:
     RECOMPILE_LIMIT = 64        # settings compiled in one process (torch's default, 8, is reached by a tuning run
                                 # or a benchmark over the paramfiles, and would leave the rest eager)
     CPP_WRAPPER = True          # Inductor's C++ wrapper around the kernels on the CPU (class docstring)
-    ROW_KERNEL = True           # the item tables' row updates by row_kernel on the CPU (class docstring)
+    ROW_KERNEL = True           # the item tables' row updates by row_kernel on the CPU (class docstring; an
+                                # instance may set its own)
 
     def __init__(self):
         from torch._dynamo import config as dynamo
@@ -303,7 +304,7 @@ class CompiledStep:
             self.last = (model, optimizer, optimizer_tensors(model, optimizer))
             self.kernel_fits = self.fits_kernel(model)
         wrapper = self.wrapper(model)
-        deferred = CompiledStep.ROW_KERNEL and self.kernel_fits
+        deferred = self.ROW_KERNEL and self.kernel_fits
         try:
             with compilation_timer(self.compiled):
                 result = self.function(wrapper)(model, *self.last[2], *args, deferred=deferred)
@@ -323,7 +324,8 @@ class CompiledStep:
         value, new, updates = result
         lr, mu, eps = self.last[2][3]
         for (table, state), (rows, source, grad, touched) in zip(row_tables(model, self.last[2][0]), updates):
-            update = row_kernel.row_update if row_kernel.fits(table, state, rows, grad) else row_update
+            fits = row_kernel.fits_update(table, rows, grad)          # (the table was checked by fits_kernel)
+            update = row_kernel.row_update if fits else row_update
             update(table, state, rows, source, grad, lr, mu, eps, touched)
         return value, new
 

@@ -68,13 +68,7 @@ def bench(config, n, threads, steps, rounds, generator, device='cpu', modes=('fa
     correction = torch.zeros(B + config['n_sample'], device=device)
     no_reset = torch.zeros(B, dtype=torch.bool, device=device)
     compiled, inductor_rows = static_step.CompiledStep(), static_step.CompiledStep()
-
-    def with_inductors_rows(*args):             # the compiled step with its row updates in the graph
-        static_step.CompiledStep.ROW_KERNEL = False
-        try:
-            return inductor_rows(*args)
-        finally:
-            static_step.CompiledStep.ROW_KERNEL = True
+    inductor_rows.ROW_KERNEL = False            # the compiled step with its row updates in the graph
 
     def fast(model, optimizer, inputs, hidden, candidates):
         if model.has_fast_step:
@@ -93,7 +87,7 @@ def bench(config, n, threads, steps, rounds, generator, device='cpu', modes=('fa
         return lambda m, o, i, h, c: function(m, o, loss, i, h, c, no_reset, correction)
 
     functions = {'fast': lambda: fast, 'static': lambda: stepping(static_step.static_step),
-                 'compiled': lambda: stepping(compiled), 'inductor_rows': lambda: stepping(with_inductors_rows),
+                 'compiled': lambda: stepping(compiled), 'inductor_rows': lambda: stepping(inductor_rows),
                  'graph': lambda: stepping(static_step.GraphStep(static_step.static_step)),
                  'compiled_graph': lambda: stepping(static_step.GraphStep(compiled))}
     torch.set_num_threads(threads)

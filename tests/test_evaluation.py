@@ -1,6 +1,5 @@
 """evaluation.py: tie modes on hand-made score vectors, and the session-parallel evaluation against a
 brute-force per-session loop written for the test (spec C)."""
-import shutil
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch
 import evaluation
 from conftest import write_split
 from dataset import ItemMap, SessionData
+from devices import has_compiler
 from evaluation import evaluate, metrics_from_ranks, target_ranks
 from model import GRU4Rec
 
@@ -32,8 +32,7 @@ def test_metrics_hit_means_rank_at_most_k():
     assert m['MRR@20'] == pytest.approx((1 + 1 / 5 + 1 / 6 + 1 / 20) / 5)
 
 
-needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')),
-                                    reason='no C++ compiler for Inductor')
+needs_compiler = pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 
 
 def brute_force(model, sessions, tie_mode, cutoffs):

@@ -3,7 +3,6 @@ on the CPU, for every loss family, both embedding modes, dropout, logQ and momen
 import copy
 import math
 import os
-import shutil
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from config import DEFAULTS, PRESETS
 from conftest import ReplayOnCPU, synthetic_split
 from dataset import SessionData
+from devices import has_compiler
 import static_step
 from training import training_setup
 
@@ -121,7 +121,7 @@ def assert_same_step(eager, compiled):
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(eager_hidden, compiled_hidden))
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 @pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum',
                                   'XE, separate embedding, input dropout',
                                   'BPR, one-hot input, two layers, both dropouts, momentum'])
@@ -173,7 +173,7 @@ def test_compiled_static_step_equals_the_eager_one_from_a_common_state(train, ca
     assert_same_step((model, optimizer, eager_loss, eager_hidden), (*twin, compiled_loss, compiled_hidden))
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 @pytest.mark.skipif(not static_step.traces_autograd(), reason="this torch's Dynamo cannot trace autograd.grad")
 def test_a_loss_without_a_written_gradient_compiles_whole(train, monkeypatch, capsys):
     """TOP1 takes its gradient from autograd on the scores; Dynamo traces that only with its trace_autograd_ops
@@ -320,7 +320,7 @@ def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, ca
     assert static_step.step_for('compiled', run[0], run[1]) is None        # later epochs: the fast step
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 def test_a_failed_cpp_wrapper_compiles_with_the_python_one(train, monkeypatch, capsys):
     """Where Inductor's C++ wrapper fails to compile, the step compiles with its Python wrapper (one warning
     line) and every step of the epoch runs compiled; the C++ wrapper is not tried again. Off the CPU the
@@ -396,7 +396,7 @@ def test_auto_picks_the_compiled_step_only_where_it_was_measured_faster(monkeypa
         'warning: no C++ compiler for torch.compile (g++, c++ or clang++); training with the fast step']
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 def test_auto_in_a_run_is_recorded_resolved(tmp_path, capsys, monkeypatch):
     """main.py without --step_mode: the mode auto picks is in the header, config.json, the checkpoint and
     --is_eval's results.json; a compiled run also evaluates compiled, with the eager evaluation's numbers."""
@@ -465,7 +465,7 @@ def test_the_evaluation_of_each_mode(monkeypatch):
     assert options('static', model) == {'compiled': False, 'graphs': None}
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(train, monkeypatch, capsys):
     """A second model of the same settings reuses the compiled step (tune.py and faithfulness.py train many
     models in one process); another learning rate compiles anew, and past Dynamo's recompile limit
@@ -593,7 +593,7 @@ def test_the_compiled_step_raises_torchs_recompile_limit(monkeypatch):
     assert dynamo.recompile_limit == 100
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
 def test_compiled_step_at_the_issues_settings_after_1_and_200_steps(tmp_path):
     """Issue #31's check, as gpu_check.sh runs it on a GPU: XE at 100 units and BPR-max with ELU at 512 units
     (their paramfiles, dropout off), from the state after 1 and after 200 compiled steps one compiled step and
