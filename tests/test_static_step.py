@@ -598,11 +598,14 @@ def test_compiled_step_at_the_issues_settings_after_1_and_200_steps(tmp_path):
     """Issue #31's check, as gpu_check.sh runs it on a GPU: XE at 100 units and BPR-max with ELU at 512 units
     (their paramfiles, dropout off), from the state after 1 and after 200 compiled steps one compiled step and
     one fast step from copies of that state: weights and optimiser state within 1e-5 of the largest value,
-    losses within 1e-5 (the static step, eager, is bit-equal at these sizes)."""
+    losses within 1e-5. The static step, eager, is within float rounding of it: its one product over K segments
+    instead of U rows (static_step's docstring) is bit-equal on some machines, 1.2e-6 of b_ih's largest value
+    after one step on an AMD EPYC with AVX-512."""
     from scripts.gpu_check import step_mode_gaps
     synthetic_split(tmp_path, 3000, 400, seed=5)
     worst = step_mode_gaps(str(tmp_path / 'rsc15_train_full.txt'), 'cpu', ['static', 'compiled'], (1, 200), {})
-    assert worst['static'] == (0.0, 0.0, 0.0)
+    state, update, loss = worst['static']
+    assert state <= 1e-5 and update <= 1e-5 and loss <= 1e-6
     state, update, loss = worst['compiled']
     assert 0 < state <= 1e-5 and loss <= 1e-5 and update < 1e-3
 
