@@ -15,12 +15,27 @@ import static_step
 from training import training_setup
 
 
-def test_segments_by_hand():
+@pytest.mark.parametrize('n_items', [None, 10], ids=['sorted', 'marked'])
+def test_segments_by_hand(n_items):
     ids = torch.tensor([7, 3, 7, 9, 3, 3])
-    segment, rows, source = static_step.segments(ids)
+    segment, rows, source = static_step.segments(ids, n_items)
     assert segment.tolist() == [1, 0, 1, 2, 0, 0]                 # each id's distinct row
     assert rows.tolist() == [3, 7, 9, 9, 9, 9]                    # past the last distinct id: that id again
     assert source.tolist() == [0, 1, 2, 2, 2, 2]                  # ... with its segment's values
+
+
+def test_segments_marked_in_the_item_table_equal_the_sorted_ones():
+    """segments() with the ids' range (up to DENSE_ITEMS: marks and a cumsum over the items) gives the three
+    tensors of the sort, dtypes included: random ids with and without repeats, one id, a single item, every
+    item, the last item alone."""
+    generator = torch.Generator().manual_seed(3)
+    cases = [(torch.randint(0, n, (k,), generator=generator), n)
+             for n, k in [(1, 1), (1, 5), (2, 7), (50, 3), (50, 200), (500, 64), (5000, 2112)]]
+    cases += [(torch.randperm(40, generator=generator), 40), (torch.tensor([39, 39]), 40), (torch.tensor([0]), 40)]
+    for ids, n_items in cases:
+        assert n_items <= static_step.DENSE_ITEMS
+        for marked, by_sort in zip(static_step.segments(ids, n_items), static_step.segments(ids)):
+            assert marked.dtype == by_sort.dtype and torch.equal(marked, by_sort), (ids.tolist()[:8], n_items)
 
 
 def test_row_update_touches_each_row_once_and_leaves_untouched_segments():
