@@ -2,7 +2,6 @@
 step's products and times them, and its measurements run (a few steps on small synthetic data; the
 speed figures themselves live in benchmarks/RESULTS.md)."""
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from checkpoints import build_model
 from config import DEFAULTS, PRESETS
 from conftest import synthetic_split
+from devices import has_compiler
 from loss import loss_function
 from dataset import SessionData, SessionParallelIterator
 from model import GRU4Rec
@@ -278,7 +278,7 @@ def test_official_table_has_the_roofline_columns(split_folder, tmp_path, monkeyp
     monkeypatch.setattr(bench_train, 'roofline', lambda config, device: (2468.0, 0, 0))
     small = {**bench_train.SETTINGS['rsc15_xe_shared_100'], 'n_sample': 64}
     monkeypatch.setitem(bench_train.SETTINGS, 'rsc15_xe_shared_100', small)
-    modes = ['fast', 'compiled'] if shutil.which('g++') or shutil.which('c++') else ['fast', 'static']
+    modes = ['fast', 'compiled'] if has_compiler() else ['fast', 'static']
     torch._dynamo.reset()                   # a compilation of these settings earlier in the process would be reused
     bench_train.against_official(str(tmp_path), ['cpu'], True, 2, ['rsc15_xe_shared_100'], modes=modes)
     out = capsys.readouterr().out
