@@ -36,8 +36,8 @@ product where the fast step's is (M x U) @ (U x L), and a matrix kernel may sum 
 another order (1.3e-7 absolute on W_y after one step at the demo setting, 2,269 items, where U = 1,200 of
 K = 2,112; at the issue's XE setting, 331 items, 1.2e-6 of the largest value of b_ih after one step on an
 AMD EPYC with AVX-512, bit-equal on the earlier machines; bit-equal at the small sizes of
-tests/test_static_step.py, which checks the update to 1e-5 from each of 30 states). The epoch's tail, where slots run out and the batch shrinks
-(spec B2), stays on the fast step: its shapes change every few steps.
+tests/test_static_step.py, which checks the update to 1e-5 from each of 30 states). The epoch's tail, where
+slots run out and the batch shrinks (spec B2), stays on the fast step: its shapes change every few steps.
 
 Covered: every embedding mode (shared, separate and the one-hot input, whose epoch tail runs the plain step:
 the fast step does not cover it), AdagradM with and without momentum; the losses with an explicit gradient
@@ -93,8 +93,9 @@ def segments(ids, n_items=None):
     `model.unique_rows`: no count is read, nothing waits for the device.
     `n_items`, the ids' range, up to DENSE_ITEMS: the ids are marked in an n_items-long table and each id's
     segment is the count of marks below it (a cumsum), instead of sorting the ids; the same three tensors.
-    In the compiled CPU step a sort of the RSC15 setting's 2,112 ids cost 70-100 us of 0.8 ms, the marks
-    20-40 us (the cumsum grows with the table: 7 us at 18,752 items, 20 at 52,739, 70 at 200,000)."""
+    The compiled RSC15-setting step on 2 CPU threads, with the marks against the sort: 1.05-1.12x at 2,808-
+    100,000 items, 0.97x at 200,000 (the cumsum grows with the table: 7 us at 18,752 items, 20 at 52,739,
+    70 at 200,000; benchmarks/RESULTS.md, 2026-12-07)."""
     if n_items is not None and n_items <= DENSE_ITEMS:
         marks = torch.zeros(n_items, dtype=torch.int32, device=ids.device).index_fill_(0, ids, 1)
         rank = marks.cumsum(0) - 1                  # (int64) the segment of each item that occurs
