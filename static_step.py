@@ -10,8 +10,13 @@ dependence taken out:
   product and the sparse gradients) become K fixed *segments*, K = the number of ids the step reads
   (inputs and candidates): segment k holds the k-th smallest distinct id (found by marking the ids in a
   table of the items and counting the marks, up to DENSE_ITEMS items; by sorting the ids above that) and
-  the segments past the last distinct id hold that id again, with zero score columns. Scores, gradients
-  and the AdagradM row rule are computed per segment, as today per distinct row;
+  the segments past the last distinct id hold that id again, with zero score columns. In the shared mode
+  the candidates' distinct ids take the first segments and the input-only ids the ones after them, so the
+  score product and its two gradient products span the first C segments (the official code's C = B +
+  n_sample columns), not all K = 2B + n_sample: in-process A/B of the compiled step against all K, 20
+  rounds, median ratio, 18,752 items, 2 threads (2026-12-07): rees46 1.044, diginetica 1.011, coveo 1.010,
+  yoochoose 0.99, RSC15 (37,500 items) 1.00; the three products alone at rees46's shapes 8.67 against
+  9.32 ms. Scores, gradients and the AdagradM row rule are computed per segment, as today per distinct row;
 * the row updates read each segment's row once and write it once (`row_update`): the segments past the
   last distinct id take its gradient and mask, so they compute its new values bit for bit and their
   duplicate writes cannot change the result, whatever their order; no padding row is needed. (Until
@@ -31,12 +36,14 @@ dependence taken out:
   times), at the same speed.
 
 The same numbers, to float rounding: segments past U add zero columns to the products, and every
-operation is the fast step's, in its order, except one: the top state's gradient is an (M x K) @ (K x L)
-product where the fast step's is (M x U) @ (U x L), and a matrix kernel may sum the extra zero terms in
-another order (1.3e-7 absolute on W_y after one step at the demo setting, 2,269 items, where U = 1,200 of
-K = 2,112; at the issue's XE setting, 331 items, 1.2e-6 of the largest value of b_ih after one step on an
-AMD EPYC with AVX-512, bit-equal on the earlier machines; bit-equal at the small sizes of
-tests/test_static_step.py, which checks the update to 1e-5 from each of 30 states). The epoch's tail, where
+operation is the fast step's, in its order, except one: the top state's gradient is an (M x C) @ (C x L)
+product where the fast step's is (M x U) @ (U x L), and it sums its terms in the segments' order (the
+candidates' rows first) where the fast step sums them in the ids' order, and a matrix kernel may sum the
+extra zero terms in another order too (tests/test_static_step.py checks the update to 1e-5 from each of 30
+states, and at the issue's settings after 1 and 200 steps; before the candidates-first order, with all K
+segments in the ids' order: 1.3e-7 absolute on W_y after one step at the demo setting, 2,269 items, where U
+= 1,200 of K = 2,112; at the issue's XE setting, 331 items, 1.2e-6 of the largest value of b_ih after one
+step on an AMD EPYC with AVX-512, bit-equal on the earlier machines). The epoch's tail, where
 slots run out and the batch shrinks (spec B2), stays on the fast step: its shapes change every few steps.
 
 Covered: every embedding mode (shared, separate and the one-hot input, whose epoch tail runs the plain step:
@@ -86,25 +93,42 @@ from optimizer import AdagradM
 DENSE_ITEMS = 100_000       # segments() marks the ids in a table of the items up to this many items, else sorts them
 
 
-def segments(ids, n_items=None):
+def segments(ids, n_items=None, primary=None):
     """Fixed-size distinct rows of `ids` (K,): (each id's segment, the segment rows (K,: the k-th smallest
     distinct id; past the last distinct id, that id again), each segment's source (K,: the segment whose
     values it takes: itself, past the last distinct id the last one)). The static form of
     `model.unique_rows`: no count is read, nothing waits for the device.
+    `primary` (P): the distinct ids of ids[:P] take the first segments, in increasing order, and the others
+    the segments after them, in increasing order (the shared mode's candidates first: tensor_step's products
+    then span the first P segments only); None: all ids alike.
     `n_items`, the ids' range, up to DENSE_ITEMS: the ids are marked in an n_items-long table and each id's
     segment is the count of marks below it (a cumsum), instead of sorting the ids; the same three tensors.
     The compiled RSC15-setting step on 2 CPU threads, with the marks against the sort: 1.05-1.12x at 2,808-
     100,000 items, 0.97x at 200,000 (the cumsum grows with the table: 7 us at 18,752 items, 20 at 52,739,
     70 at 200,000; benchmarks/RESULTS.md, 2026-12-07)."""
+    P = len(ids) if primary is None else primary
     if n_items is not None and n_items <= DENSE_ITEMS:
-        marks = torch.zeros(n_items, dtype=torch.int32, device=ids.device).index_fill_(0, ids, 1)
-        rank = marks.cumsum(0) - 1                  # (int64) the segment of each item that occurs
-        segment = rank.index_select(0, ids)
+        # marks: 1 for a primary id, 2 for an id that occurs only past P, 0 for the others
+        marks = torch.zeros(n_items, dtype=torch.int32, device=ids.device)
+        marks.index_fill_(0, ids[P:], 2).index_fill_(0, ids[:P], 1)
+        first = marks == 1
+        rank = first.cumsum(0) - 1                                  # (int64) a primary id's segment
         last = rank[-1]
+        if P < len(ids):
+            later = (marks == 2).cumsum(0) + last                   # the segment of an id past P
+            rank = torch.where(first, rank, later)
+            last = later[-1]
+        segment = rank.index_select(0, ids)
     else:
-        sorted_ids, order = torch.sort(ids, stable=True)
+        key = ids
+        if P < len(ids):                # the ids past P that are not primary sort after every primary one
+            primaries = torch.sort(ids[:P]).values
+            at = torch.searchsorted(primaries, ids[P:]).clamp_(max=P - 1)
+            later = primaries.index_select(0, at) != ids[P:]
+            key = torch.cat([ids[:P], ids[P:] + later * (ids.max() + 1)])
+        sorted_key, order = torch.sort(key, stable=True)
         first = torch.ones_like(ids, dtype=torch.bool)
-        first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        first[1:] = sorted_key[1:] != sorted_key[:-1]
         sorted_segment = first.cumsum(0) - 1
         segment = torch.empty_like(sorted_segment).scatter_(0, order, sorted_segment)
         last = sorted_segment[-1]
@@ -168,13 +192,13 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     leave the item tables' row updates undone and return their (rows, source, gradient, touched mask or None)
     too, one per table of `row_tables` (CompiledStep applies them with row_kernel)."""
     lr, mu, eps = hyper
-    M = len(inputs)
+    M, C = len(inputs), len(candidates)
     hidden = [h.masked_fill(reset[:, None], 0.0) for h in hidden]
     if model.mode == 'shared':
-        segment, rows, source = segments(torch.cat([inputs, candidates]), model.n_items)
+        segment, rows, source = segments(torch.cat([candidates, inputs]), model.n_items, primary=C)
+        columns, in_segment = segment[:C], segment[C:]
         w = model.Wy.index_select(0, rows)
-        x = w.index_select(0, segment[:M])
-        columns = segment[M:]
+        x = w.index_select(0, in_segment)
     else:
         table = model.E if model.mode == 'separate' else model.Wx0   # one-hot: the first layer's input weights
         in_segment, in_rows, in_source = segments(inputs, model.n_items)
@@ -190,17 +214,19 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     else:
         new, saved = model.stack_forward(x, hidden)
     top = new[-1]
+    w_scored = w[:C]                # the segments the candidates can be in (all K = C of them but in the shared mode)
     columns_m = columns.expand(M, -1)
-    scores = F.linear(top, w).gather(1, columns_m) + bias
+    scores = F.linear(top, w_scored).gather(1, columns_m) + bias
     value, grad_scores = loss.value_and_grad(scores if correction is None else scores - correction)
     grad_bias = grad_scores.new_zeros(K).scatter_add_(0, columns, grad_scores.sum(0))
-    grad_scores = grad_scores.new_zeros(M, K).scatter_add_(1, columns_m, grad_scores)
+    grad_scores = grad_scores.new_zeros(M, C).scatter_add_(1, columns_m, grad_scores)
     grad_w = grad_scores.T @ top
-    grad = model.stack_backward(saved, grad_scores @ w)
+    grad = model.stack_backward(saved, grad_scores @ w_scored)
     if model.mode == 'none':
         grad = model.onehot_backward(first_saved, grad)
     if model.mode == 'shared':
-        grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).scatter_add_(0, segment[:M, None].expand_as(grad), grad)
+        grad_w = torch.cat([grad_w, grad_w.new_zeros(K - C, grad_w.shape[1])])     # the input-only segments
+        grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).scatter_add_(0, in_segment[:, None].expand_as(grad), grad)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
         updates = [(rows, source, grad_w, None), (rows, source, grad_bias, candidate)]
     else:

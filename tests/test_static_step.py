@@ -38,6 +38,31 @@ def test_segments_marked_in_the_item_table_equal_the_sorted_ones():
             assert marked.dtype == by_sort.dtype and torch.equal(marked, by_sort), (ids.tolist()[:8], n_items)
 
 
+def reference_segments(ids, primary):
+    """segments() the slow way: the distinct ids of ids[:primary] in increasing order, then the other distinct
+    ids in increasing order; the segments past them repeat the last one."""
+    ids = ids.tolist()
+    first = sorted(set(ids[:primary]))
+    order = first + sorted(set(ids[primary:]) - set(first))
+    source = [min(k, len(order) - 1) for k in range(len(ids))]
+    return [order.index(i) for i in ids], [order[k] for k in source], source
+
+
+@pytest.mark.parametrize('n_items', [None, 1000], ids=['sorted', 'marked'])
+def test_segments_with_the_primary_ids_first(n_items):
+    """segments(primary=P), by hand and against the slow reference: the first P ids' distinct values take the
+    first segments (the shared mode's candidates), an id past P that is also among them takes its segment."""
+    segment, rows, source = static_step.segments(torch.tensor([7, 3, 9, 1, 3, 9]), n_items, primary=3)
+    assert segment.tolist() == [1, 0, 2, 3, 0, 2]
+    assert rows.tolist() == [3, 7, 9, 1, 1, 1]
+    assert source.tolist() == [0, 1, 2, 3, 3, 3]
+    generator = torch.Generator().manual_seed(5)
+    for n, k, primary in [(1000, 40, 30), (50, 40, 30), (1000, 8, 1), (20, 300, 200), (1000, 5, 5), (3, 9, 4)]:
+        ids = torch.randint(0, n, (k,), generator=generator)
+        got = [t.tolist() for t in static_step.segments(ids, n_items, primary=primary)]
+        assert got == list(reference_segments(ids, primary)), (n, k, primary)
+
+
 def test_row_update_touches_each_row_once_and_leaves_untouched_segments():
     table = torch.tensor([[1.0], [2.0], [3.0]])
     state = {'acc': torch.tensor([[0.0], [1.0], [3.0]]), 'velocity': torch.tensor([[0.5], [0.5], [0.5]])}
@@ -79,9 +104,8 @@ def test_static_step_equals_the_fast_step_from_a_common_state(train, case):
     """At each of the first 30 steps of a fast run (session starts among them), one static step and one fast
     step (the one-hot mode: the plain step, forward and autograd) from the same state (weights, optimiser,
     RNG): the same loss and the same update to float rounding.
-    Not bit for bit: the top state's gradient is an (M x K) @ (K x L) product where the fast step's is
-    (M x U) @ (U x L), and a matrix kernel may sum the extra zero terms in another order (1e-7 differences at
-    the demo setting)."""
+    Not bit for bit: the top state's gradient is an (M x C) @ (C x L) product over the segments, candidates'
+    rows first, where the fast step's is (M x U) @ (U x L) in the ids' order (static_step's docstring)."""
     config = {**DEFAULTS, **CASES[case], 'sample_store': 20_000}
     torch.manual_seed(config['seed'])
     model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
