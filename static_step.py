@@ -225,8 +225,8 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     if model.mode == 'none':
         grad = model.onehot_backward(first_saved, grad)
     if model.mode == 'shared':
-        grad_w = torch.cat([grad_w, grad_w.new_zeros(K - C, grad_w.shape[1])])     # the input-only segments
-        grad_w = grad_w + grad.new_zeros(K, grad.shape[1]).scatter_add_(0, in_segment[:, None].expand_as(grad), grad)
+        scores_grad_w, grad_w = grad_w, grad.new_zeros(K, grad.shape[1])    # (the input-only segments: no score)
+        grad_w.scatter_add_(0, in_segment[:, None].expand_as(grad), grad)[:C] += scores_grad_w
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
         updates = [(rows, source, grad_w, None), (rows, source, grad_bias, candidate)]
     else:
