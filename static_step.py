@@ -25,7 +25,9 @@ dependence taken out:
   an input-only item gets no b_y update, as today: a mask keeps its old b_y, accumulator and velocity.
   The compiled step on the CPU leaves these updates to row_kernel, after its graph: one C++ pass that
   reads and writes each row once, skipping the repeated segments (Inductor cannot fuse a read and a write
-  through a computed index; CompiledStep);
+  through a computed index; CompiledStep); there the shared mode's W_y gradient goes to the kernel in parts,
+  the score product's C rows and the input rows' gradients with their segments, which the kernel sums in the
+  eager form's order (row_kernel.parts): the graph builds no K-row gradient;
 * session starts are a mask (all false when none starts), the optimiser state exists before the first step,
   the loss stays on the device;
 * the sums over duplicate ids (the bias gradient over the candidates, the input rows' gradient) are
@@ -48,8 +50,8 @@ slots run out and the batch shrinks (spec B2), stays on the fast step: its shape
 
 Covered: every embedding mode (shared, separate and the one-hot input, whose epoch tail runs the plain step:
 the fast step does not cover it), AdagradM with and without momentum; the losses with an explicit gradient
-(cross-entropy, BPR-max with ELU or linear activation) and the others through autograd on the scores, which compile whole too (Dynamo's
-trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2 threads) compiled / fast
+(cross-entropy, BPR-max with ELU or linear activation) and the others through autograd on the scores, which
+compile whole too (Dynamo's trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2 threads) compiled / fast
 1.45-1.52x for TOP1, 1.27-1.33x BPR, 1.21-1.22x TOP1-max, 1.19-1.22x BPR-max with tanh (two runs of
 bench_static_step.py --loss, benchmarks/RESULTS.md).
 
@@ -225,8 +227,11 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     if model.mode == 'none':
         grad = model.onehot_backward(first_saved, grad)
     if model.mode == 'shared':
-        scores_grad_w, grad_w = grad_w, grad.new_zeros(K, grad.shape[1])    # (the input-only segments: no score)
-        grad_w.scatter_add_(0, in_segment[:, None].expand_as(grad), grad)[:C] += scores_grad_w
+        if deferred:        # the kernel sums the input rows' gradients into their segments (row_kernel.parts)
+            grad_w = (grad_w, grad, in_segment)
+        else:
+            scores_grad_w, grad_w = grad_w, grad.new_zeros(K, grad.shape[1])    # (the input-only segments: no score)
+            grad_w.scatter_add_(0, in_segment[:, None].expand_as(grad), grad)[:C] += scores_grad_w
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
         updates = [(rows, source, grad_w, None), (rows, source, grad_bias, candidate)]
     else:
@@ -366,9 +371,10 @@ class CompiledStep:
         value, new, updates = result
         lr, mu, eps = self.last[2][3]
         for (table, state), (rows, source, grad, touched) in zip(row_tables(model, self.last[2][0]), updates):
-            fits = row_kernel.fits_update(table, rows, grad)          # (the table was checked by fits_kernel)
-            update = row_kernel.row_update if fits else row_update
-            update(table, state, rows, source, grad, lr, mu, eps, touched)
+            if row_kernel.fits_update(table, rows, grad):               # (the table was checked by fits_kernel)
+                row_kernel.row_update(table, state, rows, source, grad, lr, mu, eps, touched)
+            else:
+                row_update(table, state, rows, source, row_kernel.whole(grad, len(rows)), lr, mu, eps, touched)
         return value, new
 
     def fits_kernel(self, model):

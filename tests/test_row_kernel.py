@@ -61,6 +61,41 @@ def test_the_kernel_is_inductors_row_update_bit_for_bit(width, momentum, touched
 
 
 @compiler
+@pytest.mark.parametrize('momentum', [0.0, 0.3])
+def test_the_kernel_sums_the_input_rows_into_their_segments(momentum):
+    """A gradient given as (the first segments' rows, input rows, their segments) (row_kernel.parts: the compiled
+    step's W_y): the kernel sums the input rows into their segments from zero in their order and adds the
+    segment's own row, bit for bit the K-row gradient that `whole` builds, which the step's eager form builds the
+    same way (zeros, scatter_add_, then += the product's rows); segments with several input rows, with none and
+    past the first rows (input-only) all occur."""
+    table, state, rows, source, grad, lr, _, eps, _ = update_case(500, 40, momentum, False, seed=3)
+    g = torch.Generator().manual_seed(4)
+    real = int((source == torch.arange(300)).sum())
+    head = grad[:real - 20].clone()                              # 20 real segments get input rows alone
+    inputs = torch.randn(60, 40, generator=g)
+    in_segment = torch.cat([torch.arange(real - 20, real), torch.randint(0, real, (40,), generator=g)])
+    in_segment = in_segment[torch.randperm(60, generator=g)]
+    assert len(in_segment.unique()) < 60 and len(set(range(real - 20)) - set(in_segment.tolist())) > 0
+    triple = (head, inputs, in_segment)
+    expected = torch.zeros(300, 40).scatter_add_(0, in_segment[:, None].expand(-1, 40), inputs)
+    expected[:len(head)] += head
+    assert torch.equal(row_kernel.whole(triple, 300), expected)
+    assert row_kernel.fits(table, state, rows, triple) and not row_kernel.fits(table, state, rows, (head, inputs,
+                                                                                                   in_segment.int()))
+    kernel, reference = (copy.deepcopy((table, state)) for _ in range(2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        row_kernel.row_update(*kernel, rows, source, triple, lr, momentum, eps)
+        row_kernel.row_update(*reference, rows, source, expected, lr, momentum, eps)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip([kernel[0], *kernel[1].values()], [reference[0], *reference[1].values()]):
+        assert torch.equal(a, b)
+    assert not torch.equal(kernel[0], table)
+
+
+@compiler
 @pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum', 'XE, separate embedding, input dropout'])
 def test_the_compiled_step_with_the_kernel_equals_it_without(train, case, monkeypatch):  # noqa: F811
     """CompiledStep updates the item tables with the kernel after its graph (ROW_KERNEL): the same weights,
@@ -133,7 +168,8 @@ def test_the_kernel_is_built_once_and_reused(tmp_path, monkeypatch):
     table, state, rows, source, grad, *rest = update_case(50, 3, 0.0, False, seed=1)
     before = table.clone()
     row_kernel.load(path)(table.data_ptr(), state['acc'].data_ptr(), state['velocity'].data_ptr(), rows.data_ptr(),
-                          source.data_ptr(), grad.data_ptr(), None, len(rows), 3, 0.1, 0.0, 1e-6, 1)
+                          source.data_ptr(), grad.data_ptr(), len(rows), None, None, 0, None, len(rows), 3, 0.1,
+                          0.0, 1e-6, 1)
     assert not torch.equal(table, before)
 
 
