@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 from cli import run_cli, ArgumentParser  # noqa: E402
 from config import resolve_config  # noqa: E402
 from dataset import SessionData  # noqa: E402
+from devices import keep_freed_memory  # noqa: E402
 import main  # noqa: E402
 import row_kernel  # noqa: E402
 from scripts.reproduce import prepare_quick_data  # noqa: E402
@@ -66,6 +67,7 @@ def profile_steps(args, overrides):
                 source = prepare_quick_data(folder)
             data = SessionData(os.path.join(folder, 'rsc15_train_full.txt'))
     torch.manual_seed(config['seed'])
+    keep_freed_memory()             # as training.train does on the CPU (else buffers are page-faulted in every step)
     run_state = training_setup(config, data, 'cpu')
     train_epoch(*run_state, config, 'cpu', max_steps=args.warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
