@@ -10,7 +10,7 @@ Runs train_epoch (the loop main.py trains with) for `--steps` mini-batches after
 torch.profiler, and prints the operators by self CPU time: microseconds per step, share of the step and
 calls per step, plus the wall time per step. `--step_mode` (default fast: the step a bare train_epoch takes
 for `auto`): with `compiled`, the compiled static step's own kernels are listed by name (Inductor's
-`graph_0_cpp_fused_...`, each a fusion of the operators in its name; the matrix products stay aten::mm /
+`graph_N_cpp_fused_...`, each a fusion of the operators in its name; the matrix products stay aten::mm /
 addmm), with the row updates after its graph as `row_kernel.row_update`: for this the step is compiled
 with Inductor's Python wrapper and its kernel profiling on (cpp.enable_kernel_profile), since the C++
 wrapper's calls are invisible to torch.profiler; the Python wrapper's own time shows as `## Call
@@ -93,19 +93,21 @@ def profile_steps(args, overrides):
 @contextlib.contextmanager
 def kernels_named():
     """Within: torch.profiler sees inside the compiled step (Inductor's Python wrapper, its kernels' own
-    profiling events, a record_function around each row_kernel call); all three are restored after."""
+    profiling events, a record_function around each row_kernel call), compiled afresh (a step compiled before
+    in this process has no profiling events); all of it is restored after."""
     from torch._inductor import config as inductor
-    update, wrapper = row_kernel.row_update, static_step.CompiledStep.CPP_WRAPPER
+    update, wrapper, compiled = row_kernel.row_update, static_step.CompiledStep.CPP_WRAPPER, static_step._compiled
 
     def named(*args, **kwargs):
         with torch.profiler.record_function('row_kernel.row_update'):
             return update(*args, **kwargs)
-    row_kernel.row_update, static_step.CompiledStep.CPP_WRAPPER = named, False
+    row_kernel.row_update, static_step.CompiledStep.CPP_WRAPPER, static_step._compiled = named, False, None
     try:
         with inductor.patch({'cpp.enable_kernel_profile': True}):
             yield
     finally:
         row_kernel.row_update, static_step.CompiledStep.CPP_WRAPPER = update, wrapper
+        static_step._compiled = compiled
 
 
 if __name__ == '__main__':
