@@ -4,9 +4,9 @@ distance to this machine's own limit, the roofline (issue #17). Figures go to be
 
     python scripts/bench_train.py --quick                # < 3 minutes on the 2-core CPU, one table
     python scripts/bench_train.py                        # all rows, more steps and rounds (~10 minutes)
-    python scripts/bench_train.py --official_code DIR    # against the official code (~20 minutes)
+    python scripts/bench_train.py --official_code DIR    # against the official code (~35 minutes)
     python scripts/bench_train.py --official_code DIR --quick              # two rows (~2 minutes)
-    python scripts/bench_train.py --official_code DIR --rows rees46_xe_shared   # one row (~4 minutes)
+    python scripts/bench_train.py --official_code DIR --rows rees46_xe_shared   # one row (~6 minutes)
     python scripts/bench_train.py --full_scale data/synthetic_full   # RSC15 scale: a preprocessed 31.6M split
 
 Rows (--rows NAME ... picks some): the six official paramfiles (config.PRESETS: rsc15_xe_shared_100,
@@ -49,8 +49,9 @@ states by all items, timed alone): no exact full ranking can beat that bound by 
 can: Inductor adds the bias inside its own pass, not in the product).
 --official_code DIR: against the official PyTorch code itself, from your own clone of
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
-fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and the roofline (3
-rounds); the six paramfiles on the real sample's training split and on the earliest sessions of the
+fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and the roofline (5
+rounds, 3 with --quick: with 3, one slow round of a drifting host took RSC15's median ratio from about 3 to
+1.91, benchmarks/RESULTS.md, 2026-12-07); the six paramfiles on the real sample's training split and on the earliest sessions of the
 synthetic split (--official_events: 120k clicks, 18.8k items; a whole epoch of the 2.5M-click split
 would take the official code 5-15 minutes a row). Both codes' sample stores hold one epoch's samples (the
 official code draws 10M with a Python binary search, ~10 s a model outside its events/s). A second table
@@ -645,7 +646,7 @@ def run(argv=None):
     p.add_argument('--device', default='auto', help='auto = cpu, plus cuda when available')
     p.add_argument('--steps', type=int, help='mini-batches per timed run (batch-32 equivalent; default 200, '
                    'quick 150; full scale 2000)')
-    p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3; --official_code 3)')
+    p.add_argument('--rounds', type=int, help='alternating rounds (default 7, quick 3; --official_code 5, quick 3)')
     p.add_argument('--rows', nargs='+', choices=list(SETTINGS), metavar='ROW',
                    help=f'only these rows, on each data set (of: {", ".join(SETTINGS)})')
     p.add_argument('--full_scale', metavar='FOLDER', help='a preprocessed RSC15-scale split instead of the table')
@@ -670,8 +671,8 @@ def run(argv=None):
     devices = ['cpu'] + ([gpu] if gpu not in (None, 'cpu') else []) if args.device == 'auto' else \
         [pick_device(args.device)]
     if args.official_code:
-        against_official(args.official_code, devices, args.quick, args.rounds or 3, args.rows, args.settings,
-                         args.official_events, args.modes)
+        against_official(args.official_code, devices, args.quick, args.rounds or (3 if args.quick else 5), args.rows,
+                         args.settings, args.official_events, args.modes)
     elif args.full_scale:
         for device in devices:
             full_scale(args.full_scale, device, args.steps or 2000, args.modes[0])
