@@ -175,31 +175,6 @@ def fits_table(table, state):
             and table.shape == state['acc'].shape == state['velocity'].shape)
 
 
-def fits_table(table, state):
-    """Whether the kernel can update this table: CPU float32, contiguous, its optimiser state alike."""
-    tensors = (table, state['acc'], state['velocity'])
-    return (all(t.device.type == 'cpu' and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-            and table.shape == state['acc'].shape == state['velocity'].shape)
-
-
-def parts(grad):
-    """(grad, extra) of a row gradient given whole (extra None) or as the pair (grad, extra): one gradient row
-    per segment, to which the first len(extra) segments add their row of `extra` (the compiled step's W_y
-    gradient: the input rows' sums and the score product, so that the product need not be added into the
-    sums in a tensor first)."""
-    return (grad, None) if isinstance(grad, torch.Tensor) else tuple(grad)
-
-
-def whole(grad):
-    """The row gradient as one tensor (`parts` added up as the kernel adds them)."""
-    grad, extra = parts(grad)
-    if extra is None:
-        return grad
-    grad = grad.clone()
-    grad[:len(extra)] += extra
-    return grad
-
-
 def parts(grad):
     """(grad, inputs, in_segment) of a row gradient given whole (one row per segment: inputs and in_segment None)
     or as that triple: `grad` the rows of the first len(grad) segments, to which the input rows `inputs`
@@ -243,8 +218,9 @@ def row_update(table, state, rows, source, grad, lr, mu, eps, touched=None):
     rows, source = rows.contiguous(), source.to(torch.int64).contiguous()
     touched = None if touched is None else touched.to(torch.bool).contiguous()
     grad, inputs, in_segment = parts(grad)
+    in_segment = None if in_segment is None else in_segment.contiguous()     # (held until the call returns)
     kernel()(table.data_ptr(), state['acc'].data_ptr(), state['velocity'].data_ptr(), rows.data_ptr(),
              source.data_ptr(), grad.data_ptr(), len(grad), None if inputs is None else inputs.data_ptr(),
-             None if in_segment is None else in_segment.contiguous().data_ptr(), 0 if inputs is None else len(inputs),
+             None if in_segment is None else in_segment.data_ptr(), 0 if inputs is None else len(inputs),
              None if touched is None else touched.data_ptr(), len(rows), table[0].numel(), lr, mu, eps,
              torch.get_num_threads())

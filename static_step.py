@@ -373,8 +373,9 @@ class CompiledStep:
         for (table, state), (rows, source, grad, touched) in zip(row_tables(model, self.last[2][0]), updates):
             if row_kernel.fits_update(table, rows, grad):               # (the table was checked by fits_kernel)
                 row_kernel.row_update(table, state, rows, source, grad, lr, mu, eps, touched)
-            else:
-                row_update(table, state, rows, source, row_kernel.whole(grad, len(rows)), lr, mu, eps, touched)
+            else:                               # (in place on parameters: outside autograd, as tensor_step)
+                with torch.no_grad():
+                    row_update(table, state, rows, source, row_kernel.whole(grad, len(rows)), lr, mu, eps, touched)
         return value, new
 
     def fits_kernel(self, model):

@@ -130,6 +130,38 @@ def test_the_compiled_step_with_the_kernel_equals_it_without(train, case, monkey
     assert not torch.equal(a_model.Wy, model.Wy)                        # (the step did update the table)
 
 
+@compiler
+def test_an_update_the_kernel_does_not_fit_runs_eagerly_from_the_whole_gradient(train, monkeypatch):  # noqa: F811
+    """Where row_kernel.fits_update refuses a step's update, CompiledStep applies static_step.row_update to the
+    gradient made whole (row_kernel.whole: the shared mode's W_y comes in parts): the same update as the
+    kernel's to float rounding."""
+    from torch._inductor import config as inductor
+    monkeypatch.setattr(inductor, 'fallback_random', True)
+    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
+    model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
+    static_step.init_state(optimizer)
+    hidden = model.init_hidden(iterator.n_slots, 'cpu')
+    inputs, targets, reset, _ = next(iterator.torch_steps('cpu'))
+    samples = sampler.next()
+    candidates = torch.cat([targets, samples])
+    correction = torch.cat([logq[0][targets], logq[1][samples]])
+    reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+    runs, eager = [], []
+    real_update = static_step.row_update
+    monkeypatch.setattr(static_step, 'row_update', lambda *a: eager.append(a[4].shape) or real_update(*a))
+    for fits in (True, False):
+        monkeypatch.setattr(row_kernel, 'fits_update', lambda *a, fits=fits: fits)
+        twin = copy.deepcopy((model, optimizer))
+        torch.manual_seed(7)
+        static_step.CompiledStep()(*twin, loss, inputs, hidden, candidates, reset, correction)
+        runs.append(twin)
+    K = len(candidates) + len(inputs)                   # (the shared mode's segments)
+    assert eager == [(K, model.Wy.shape[1]), (K,)]       # W_y's gradient made whole, then b_y's
+    for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(runs[1][0].Wy, model.Wy)
+
+
 def test_a_kernel_that_does_not_build_leaves_inductors_update_with_one_warning(tmp_path, monkeypatch, capsys):
     """A compiler that fails: both flag sets are tried (with OpenMP, then without), one warning line, no
     library left behind, kernel() None from then on without trying again, and CompiledStep does not defer."""
