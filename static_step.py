@@ -51,9 +51,9 @@ slots run out and the batch shrinks (spec B2), stays on the fast step: its shape
 Covered: every embedding mode (shared, separate and the one-hot input, whose epoch tail runs the plain step:
 the fast step does not cover it), AdagradM with and without momentum; the losses with an explicit gradient
 (cross-entropy, BPR-max with ELU or linear activation) and the others through autograd on the scores, which
-compile whole too (Dynamo's trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2 threads) compiled / fast
-1.45-1.52x for TOP1, 1.27-1.33x BPR, 1.21-1.22x TOP1-max, 1.19-1.22x BPR-max with tanh (two runs of
-bench_static_step.py --loss, benchmarks/RESULTS.md).
+compile whole too (Dynamo's trace_autograd_ops, set by CompiledStep): at the RSC15 setting (37,500 items, 2
+threads) compiled / fast 1.45-1.52x for TOP1, 1.27-1.33x BPR, 1.21-1.22x TOP1-max, 1.19-1.22x BPR-max with
+tanh (two runs of bench_static_step.py --loss, benchmarks/RESULTS.md).
 
 Modes (--step_mode, `step_for`): `static` runs this step eagerly, `compiled` under
 torch.compile(fullgraph=True) (Inductor's C++ kernels on CPU, compiled at the first step: 7.3 s in the demo

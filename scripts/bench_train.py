@@ -51,9 +51,9 @@ can: Inductor adds the bias inside its own pass, not in the product).
 hidasib/GRU4Rec_PyTorch_Official in DIR (none of its code is in this repository): whole first epochs of
 fresh models, its `fit` (its own events/s line) alternating with train_epoch fast and the roofline (5
 rounds, 3 with --quick: with 3, one slow round of a drifting host took RSC15's median ratio from about 3 to
-1.91, benchmarks/RESULTS.md, 2026-12-07); the six paramfiles on the real sample's training split and on the earliest sessions of the
-synthetic split (--official_events: 120k clicks, 18.8k items; a whole epoch of the 2.5M-click split
-would take the official code 5-15 minutes a row). Both codes' sample stores hold one epoch's samples (the
+1.91, benchmarks/RESULTS.md, 2026-12-07); the six paramfiles on the real sample's training split and on
+the earliest sessions of the synthetic split (--official_events: 120k clicks, 18.8k items; a whole epoch of
+the 2.5M-click split would take the official code 5-15 minutes a row). Both codes' sample stores hold one epoch's samples (the
 official code draws 10M with a Python binary search, ~10 s a model outside its events/s). A second table
 puts the refills of a long epoch back: both codes default to a store of 10M samples and draw it again when
 it runs out (every 4,882 steps at n_sample 2048; RSC15's epoch, 987k steps, refills it 202 times), so it

@@ -17,8 +17,8 @@ REPORT = """# Samples: 30K of event 'cpu-clock:uppp'
      2.50%  libtorch_cpu.so        [.] mkl_blas_def_sgemm_mscale
      8.00%  libgomp.so.1           [.] 0x000000000001de62
      4.00%  row_update_24653f26facaed46bb90.so  [.] row_update._omp_fn.0
-     3.00%  cbjr2pw.main.so        [.] cpp_fused__foreach_add__foreach_addcdiv__foreach_sqrt_copy__10._omp_fn.0
-     1.00%  cbjr2pw.main.so        [.] cpp_fused__foreach_add__foreach_sqrt_cat_mul_sigmoid_backward_slice_sum_8._omp_fn.0
+     3.00%  cbjr2pw.main.so        [.] cpp_fused__foreach_add__foreach_sqrt_copy__10._omp_fn.0
+     1.00%  cbjr2pw.main.so        [.] cpp_fused__foreach_add__foreach_sqrt_cat_sigmoid_backward_8._omp_fn.0
      2.00%  cbjr2pw.main.so        [.] cpp_fused_add_mul_sigmoid_slice_sub_tanh_4._omp_fn.0
      6.00%  libtorch_cpu.so        [.] at::CPUGeneratorImpl::random
      0.50%  libm.so.6              [.] __expm1f
