@@ -53,8 +53,9 @@ fresh models, its `fit` (its own events/s line) alternating with train_epoch fas
 rounds, 3 with --quick: with 3, one slow round of a drifting host took RSC15's median ratio from about 3 to
 1.91, benchmarks/RESULTS.md, 2026-12-07); the six paramfiles on the real sample's training split and on
 the earliest sessions of the synthetic split (--official_events: 120k clicks, 18.8k items; a whole epoch of
-the 2.5M-click split would take the official code 5-15 minutes a row). Both codes' sample stores hold one epoch's samples (the
-official code draws 10M with a Python binary search, ~10 s a model outside its events/s). A second table
+the 2.5M-click split would take the official code 5-15 minutes a row). Both codes' sample stores hold one
+epoch's samples (the official code draws 10M with a Python binary search, ~10 s a model outside its
+events/s). A second table
 puts the refills of a long epoch back: both codes default to a store of 10M samples and draw it again when
 it runs out (every 4,882 steps at n_sample 2048; RSC15's epoch, 987k steps, refills it 202 times), so it
 times each code's drawing of that store in every round (official SampleCache, 6.3 s at 52,739 items on 2
