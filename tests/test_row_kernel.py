@@ -95,11 +95,9 @@ def test_the_kernel_sums_the_input_rows_into_their_segments(momentum):
     assert not torch.equal(kernel[0], table)
 
 
-@compiler
-@pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum', 'XE, separate embedding, input dropout'])
-def test_the_compiled_step_with_the_kernel_equals_it_without(train, case, monkeypatch):  # noqa: F811
-    """CompiledStep updates the item tables with the kernel after its graph (ROW_KERNEL): the same weights,
-    optimiser state, loss and hidden state bit for bit as the step with Inductor's update inside the graph."""
+def first_step(train, case, monkeypatch):
+    """(model, optimiser, loss, inputs, hidden, candidates, reset, logQ correction) of the first training step
+    of CASES[case] on `train`, the optimiser state made, Inductor drawing the eager step's dropout numbers."""
     from torch._inductor import config as inductor
     monkeypatch.setattr(inductor, 'fallback_random', True)
     config = {**DEFAULTS, **CASES[case], 'sample_store': 20_000}
@@ -111,6 +109,15 @@ def test_the_compiled_step_with_the_kernel_equals_it_without(train, case, monkey
     candidates = torch.cat([targets, samples])
     correction = None if logq is None else torch.cat([logq[0][targets], logq[1][samples]])
     reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+    return model, optimizer, loss, inputs, hidden, candidates, reset, correction
+
+
+@compiler
+@pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum', 'XE, separate embedding, input dropout'])
+def test_the_compiled_step_with_the_kernel_equals_it_without(train, case, monkeypatch):  # noqa: F811
+    """CompiledStep updates the item tables with the kernel after its graph (ROW_KERNEL): the same weights,
+    optimiser state, loss and hidden state bit for bit as the step with Inductor's update inside the graph."""
+    model, optimizer, loss, inputs, hidden, candidates, reset, correction = first_step(train, case, monkeypatch)
     runs, calls = [], []
     real_update = row_kernel.row_update
     monkeypatch.setattr(row_kernel, 'row_update', lambda *a: calls.append(a[2].shape) or real_update(*a))
@@ -135,17 +142,8 @@ def test_an_update_the_kernel_does_not_fit_runs_eagerly_from_the_whole_gradient(
     """Where row_kernel.fits_update refuses a step's update, CompiledStep applies static_step.row_update to the
     gradient made whole (row_kernel.whole: the shared mode's W_y comes in parts): the same update as the
     kernel's to float rounding."""
-    from torch._inductor import config as inductor
-    monkeypatch.setattr(inductor, 'fallback_random', True)
-    config = {**DEFAULTS, **CASES['XE + logQ, shared, dropout, momentum'], 'sample_store': 20_000}
-    model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
-    static_step.init_state(optimizer)
-    hidden = model.init_hidden(iterator.n_slots, 'cpu')
-    inputs, targets, reset, _ = next(iterator.torch_steps('cpu'))
-    samples = sampler.next()
-    candidates = torch.cat([targets, samples])
-    correction = torch.cat([logq[0][targets], logq[1][samples]])
-    reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+    model, optimizer, loss, inputs, hidden, candidates, reset, correction = first_step(
+        train, 'XE + logQ, shared, dropout, momentum', monkeypatch)
     runs, eager = [], []
     real_update = static_step.row_update
     monkeypatch.setattr(static_step, 'row_update', lambda *a: eager.append(a[4].shape) or real_update(*a))
