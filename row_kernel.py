@@ -185,7 +185,8 @@ def parts(grad):
 
 def whole(grad, n_segments):
     """The row gradient as one tensor of n_segments rows (`parts` added up as the kernel adds them: the input
-    rows from zero in their order, then the segment's own row)."""
+    rows from zero in their order, then the segment's own row; static_step.tensor_step's W_y gradient where
+    the kernel does not take it)."""
     grad, inputs, in_segment = parts(grad)
     if inputs is None:
         return grad

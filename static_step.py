@@ -233,11 +233,9 @@ def tensor_step(model, table_states, dense, dense_states, hyper, loss, inputs, h
     if model.mode == 'none':
         grad = model.onehot_backward(first_saved, grad)
     if model.mode == 'shared':
-        if deferred:        # the kernel sums the input rows' gradients into their segments (row_kernel.parts)
-            grad_w = (grad_w, grad, in_segment)
-        else:
-            scores_grad_w, grad_w = grad_w, grad.new_zeros(K, grad.shape[1])    # (the input-only segments: no score)
-            grad_w.scatter_add_(0, in_segment[:, None].expand_as(grad), grad)[:C] += scores_grad_w
+        grad_w = (grad_w, grad, in_segment)     # the score product's C rows, the input rows, their segments
+        if not deferred:    # summed into K rows here (the input-only segments: no score), else by row_kernel
+            grad_w = row_kernel.whole(grad_w, K)
         candidate = torch.zeros(K, dtype=torch.bool, device=rows.device).index_fill_(0, columns, True)
         updates = [(rows, source, grad_w, None), (rows, source, grad_bias, candidate)]
     else:
