@@ -333,6 +333,106 @@ def test_the_one_hot_mode_trains_static_with_its_tail_on_the_plain_step(train, m
     assert static == pytest.approx(plain[0], rel=1e-4)
 
 
+def direct_and_dynamo_runs(train, case, steps, monkeypatch, shrink_at=None):
+    """The same `steps` compiled steps (one model state, batches and dropout draws) run by a CompiledStep with
+    DIRECT on and by one with it off: [(its models' state_dict, losses, the CompiledStep)] for each. At the
+    steps of `shrink_at` the batch loses its last slot (another shape: another compiled function)."""
+    config = {**DEFAULTS, **CASES[case], 'sample_store': 20_000}
+    torch.manual_seed(config['seed'])
+    model, optimizer, loss, iterator, sampler, logq = training_setup(config, train, 'cpu')
+    static_step.init_state(optimizer)
+    batches, stream = [], iterator.torch_steps('cpu')
+    for n in range(steps):
+        inputs, targets, reset, _ = next(stream)
+        samples = sampler.next()
+        correction = None if logq is None else torch.cat([logq[0][targets], logq[1][samples]])
+        reset = torch.zeros(len(inputs), dtype=torch.bool) if reset is None else reset
+        batch = [inputs, torch.cat([targets, samples]), reset, correction]
+        if n in (shrink_at or ()):
+            batch[0], batch[2] = inputs[:-1], reset[:-1]
+        batches.append(batch)
+    runs = []
+    for direct in (True, False):
+        twin = copy.deepcopy((model, optimizer))
+        step = static_step.CompiledStep()
+        step.DIRECT = direct
+        torch.manual_seed(7)
+        hidden, losses = twin[0].init_hidden(iterator.n_slots, 'cpu'), []
+        for inputs, candidates, reset, correction in batches:
+            M = len(inputs)             # (a short batch leaves the last slot's state as it was)
+            value, new = step(*twin, loss, inputs, [h[:M] for h in hidden], candidates, reset, correction)
+            hidden = [torch.cat([n, h[M:]]) for n, h in zip(new, hidden)]
+            losses.append(value.item())
+        runs.append((twin[0].state_dict(), losses, step))
+    return runs
+
+
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
+@pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum',
+                                  'BPR, one-hot input, two layers, both dropouts, momentum'])
+def test_the_step_compiled_ahead_of_time_equals_dynamos_bit_for_bit(train, case, monkeypatch):
+    """DIRECT (on the CPU): the compiled step called as Dynamo's ahead-of-time compiled function, without its
+    frame evaluation, gives Dynamo's call's numbers bit for bit (the same graph and kernels; its .grad writes
+    replayed by the function): losses and weights after 6 steps, row_kernel's deferred updates (shared mode)
+    and an autograd loss (BPR, one-hot) alike. Calls of one setting check no guards after the first."""
+    if not hasattr(torch.compile(static_step.tensor_step), 'aot_compile'):
+        pytest.skip("this torch has no ahead-of-time compilation: DIRECT calls through Dynamo")
+    checks = []
+    real = torch._dynamo.aot_compile.AOTCompiledFunction.guard_check
+    monkeypatch.setattr(torch._dynamo.aot_compile.AOTCompiledFunction, 'guard_check',
+                        lambda self, *a, **k: checks.append(1) or real(self, *a, **k))
+    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 6, monkeypatch)
+    assert len(step.direct) == 1 and checks == []
+    assert direct_losses == dynamo_losses
+    assert all(torch.equal(direct[name], dynamo[name]) for name in direct), case
+
+
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
+def test_the_step_compiled_ahead_of_time_compiles_anew_for_another_shape(train, monkeypatch, capsys):
+    """A call of another shape (the batch one slot short at steps 2 and 3) checks the guards of the functions
+    compiled so far, finds none that fits and compiles another; back at the first shape the first function's
+    guards pass (no third compilation). The numbers stay Dynamo's, bit for bit. (After Dynamo has seen two
+    shapes of a call, it compiles the next one with symbolic sizes, which then fits both. A function called at
+    a shape it was not compiled for raises in Inductor's checks of its inputs: the C++ wrapper would be given
+    up with a warning, and the Python one compiled instead.)"""
+    if not hasattr(torch.compile(static_step.tensor_step), 'aot_compile'):
+        pytest.skip("this torch has no ahead-of-time compilation: DIRECT calls through Dynamo")
+    case = 'XE + logQ, shared, dropout, momentum'
+    torch._dynamo.reset()           # (no shape seen before: the first compilation is of static shapes)
+    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 6, monkeypatch,
+                                                                                    shrink_at=(2, 3))
+    assert [wrapper for wrapper, _ in step.direct] == ['cpp', 'cpp'] and not step.cpp_failed
+    assert 'warning' not in capsys.readouterr().err
+    assert direct_losses == dynamo_losses
+    assert all(torch.equal(direct[name], dynamo[name]) for name in direct)
+
+
+@pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
+def test_a_failed_ahead_of_time_compilation_calls_through_dynamo(train, monkeypatch, capsys):
+    """Where Dynamo's ahead-of-time compilation raises (an older torch has none at all), the step is compiled
+    and called through Dynamo, silently (it is still the compiled step) and with the same numbers."""
+    if not hasattr(torch.compile(static_step.tensor_step), 'aot_compile'):
+        pytest.skip("this torch has no ahead-of-time compilation: DIRECT calls through Dynamo")
+
+    class NoAheadOfTime:
+        def __init__(self, function):
+            self.function = function
+
+        def __call__(self, *args, **kwargs):
+            return self.function(*args, **kwargs)
+
+        def aot_compile(self, example):
+            raise RuntimeError('no ahead-of-time compilation')
+    real = static_step.CompiledStep.function
+    monkeypatch.setattr(static_step.CompiledStep, 'function', lambda self, w: NoAheadOfTime(real(self, w)))
+    case = 'XE + logQ, shared, dropout, momentum'
+    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 3, monkeypatch)
+    assert step.direct == [] and step.direct_failed == {'cpp'} and not static_step.CompiledStep.failed
+    assert 'warning' not in capsys.readouterr().err
+    assert direct_losses == dynamo_losses
+    assert all(torch.equal(direct[name], dynamo[name]) for name in direct)
+
+
 def test_a_failed_compilation_falls_back_with_one_warning(train, monkeypatch, capsys):
     def no_compiler(*args, **kwargs):
         raise RuntimeError('no working C++ compiler found')
@@ -505,14 +605,17 @@ def test_the_evaluation_of_each_mode(monkeypatch):
 
 
 @pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
-def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(train, monkeypatch, capsys):
+@pytest.mark.parametrize('direct', [True, False], ids=['ahead of time', 'through Dynamo'])
+def test_new_models_reuse_the_compiled_step_and_past_the_recompile_limit(train, monkeypatch, capsys, direct):
     """A second model of the same settings reuses the compiled step (tune.py and faithfulness.py train many
-    models in one process); another learning rate compiles anew, and past Dynamo's recompile limit
-    (CompiledStep.RECOMPILE_LIMIT, 64; 1 here) a fullgraph compile raises: the run goes on with the fast step
-    and one warning."""
+    models in one process); another learning rate compiles anew. Past CompiledStep.RECOMPILE_LIMIT settings (64;
+    1 here) the step compiled ahead of time (DIRECT, on the CPU) drops the oldest and compiles on; through
+    Dynamo (as before 2026-12-08, and where torch lacks ahead-of-time compilation) a fullgraph compile raises
+    at Dynamo's recompile limit: the run goes on with the fast step and one warning."""
     from torch._dynamo import config as dynamo
     from training import train_epoch
     monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
+    monkeypatch.setattr(static_step.CompiledStep, 'DIRECT', direct)
     monkeypatch.setattr(static_step, '_compiled', None)
     monkeypatch.setattr(dynamo, 'recompile_limit', 1)
     monkeypatch.setattr(static_step.CompiledStep, 'RECOMPILE_LIMIT', 1)
@@ -523,8 +626,9 @@ def test_new_models_reuse_the_compiled_step_and_the_recompile_limit_falls_back(t
         torch.manual_seed(config['seed'])
         losses.append(train_epoch(*training_setup(dict(config, lr=lr), train, 'cpu'), config, 'cpu', max_steps=3)[0])
     out, err = capsys.readouterr()
-    assert out.count('compiled the static step in') == 1 and losses[0] == losses[1]
-    assert err.count('warning: the static step did not compile') == 1 and 'Traceback' not in err
+    assert out.count('compiled the static step in') == (2 if direct else 1) and losses[0] == losses[1]
+    assert err.count('warning: the static step did not compile') == (0 if direct else 1) and 'Traceback' not in err
+    assert len(static_step._compiled.direct) == (1 if direct else 0)
     eager = []
     for lr in (0.05, 0.07):
         torch.manual_seed(config['seed'])
