@@ -333,7 +333,12 @@ def test_the_one_hot_mode_trains_static_with_its_tail_on_the_plain_step(train, m
     assert static == pytest.approx(plain[0], rel=1e-4)
 
 
-def direct_and_dynamo_runs(train, case, steps, monkeypatch, shrink_at=None):
+def aot_available():
+    """Whether this torch compiles ahead of time (torch.compile(...).aot_compile), which DIRECT needs."""
+    return hasattr(torch.compile(static_step.tensor_step), 'aot_compile')
+
+
+def direct_and_dynamo_runs(train, case, steps, shrink_at=None):
     """The same `steps` compiled steps (one model state, batches and dropout draws) run by a CompiledStep with
     DIRECT on and by one with it off: [(its models' state_dict, losses, the CompiledStep)] for each. At the
     steps of `shrink_at` the batch loses its last slot (another shape: another compiled function)."""
@@ -368,6 +373,7 @@ def direct_and_dynamo_runs(train, case, steps, monkeypatch, shrink_at=None):
 
 
 @pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not aot_available(), reason='no ahead-of-time compilation: DIRECT calls through Dynamo')
 @pytest.mark.parametrize('case', ['XE + logQ, shared, dropout, momentum',
                                   'BPR, one-hot input, two layers, both dropouts, momentum'])
 def test_the_step_compiled_ahead_of_time_equals_dynamos_bit_for_bit(train, case, monkeypatch):
@@ -375,31 +381,28 @@ def test_the_step_compiled_ahead_of_time_equals_dynamos_bit_for_bit(train, case,
     frame evaluation, gives Dynamo's call's numbers bit for bit (the same graph and kernels; its .grad writes
     replayed by the function): losses and weights after 6 steps, row_kernel's deferred updates (shared mode)
     and an autograd loss (BPR, one-hot) alike. Calls of one setting check no guards after the first."""
-    if not hasattr(torch.compile(static_step.tensor_step), 'aot_compile'):
-        pytest.skip("this torch has no ahead-of-time compilation: DIRECT calls through Dynamo")
     checks = []
     real = torch._dynamo.aot_compile.AOTCompiledFunction.guard_check
     monkeypatch.setattr(torch._dynamo.aot_compile.AOTCompiledFunction, 'guard_check',
                         lambda self, *a, **k: checks.append(1) or real(self, *a, **k))
-    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 6, monkeypatch)
+    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 6)
     assert len(step.direct) == 1 and checks == []
     assert direct_losses == dynamo_losses
     assert all(torch.equal(direct[name], dynamo[name]) for name in direct), case
 
 
 @pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
-def test_the_step_compiled_ahead_of_time_compiles_anew_for_another_shape(train, monkeypatch, capsys):
+@pytest.mark.skipif(not aot_available(), reason='no ahead-of-time compilation: DIRECT calls through Dynamo')
+def test_the_step_compiled_ahead_of_time_compiles_anew_for_another_shape(train, capsys):
     """A call of another shape (the batch one slot short at steps 2 and 3) checks the guards of the functions
     compiled so far, finds none that fits and compiles another; back at the first shape the first function's
     guards pass (no third compilation). The numbers stay Dynamo's, bit for bit. (After Dynamo has seen two
     shapes of a call, it compiles the next one with symbolic sizes, which then fits both. A function called at
     a shape it was not compiled for raises in Inductor's checks of its inputs: the C++ wrapper would be given
     up with a warning, and the Python one compiled instead.)"""
-    if not hasattr(torch.compile(static_step.tensor_step), 'aot_compile'):
-        pytest.skip("this torch has no ahead-of-time compilation: DIRECT calls through Dynamo")
     case = 'XE + logQ, shared, dropout, momentum'
     torch._dynamo.reset()           # (no shape seen before: the first compilation is of static shapes)
-    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 6, monkeypatch,
+    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 6,
                                                                                     shrink_at=(2, 3))
     assert [wrapper for wrapper, _ in step.direct] == ['cpp', 'cpp'] and not step.cpp_failed
     assert 'warning' not in capsys.readouterr().err
@@ -408,11 +411,10 @@ def test_the_step_compiled_ahead_of_time_compiles_anew_for_another_shape(train, 
 
 
 @pytest.mark.skipif(not has_compiler(), reason='no C++ compiler for Inductor')
+@pytest.mark.skipif(not aot_available(), reason='no ahead-of-time compilation: DIRECT calls through Dynamo')
 def test_a_failed_ahead_of_time_compilation_calls_through_dynamo(train, monkeypatch, capsys):
     """Where Dynamo's ahead-of-time compilation raises (an older torch has none at all), the step is compiled
     and called through Dynamo, silently (it is still the compiled step) and with the same numbers."""
-    if not hasattr(torch.compile(static_step.tensor_step), 'aot_compile'):
-        pytest.skip("this torch has no ahead-of-time compilation: DIRECT calls through Dynamo")
 
     class NoAheadOfTime:
         def __init__(self, function):
@@ -426,7 +428,7 @@ def test_a_failed_ahead_of_time_compilation_calls_through_dynamo(train, monkeypa
     real = static_step.CompiledStep.function
     monkeypatch.setattr(static_step.CompiledStep, 'function', lambda self, w: NoAheadOfTime(real(self, w)))
     case = 'XE + logQ, shared, dropout, momentum'
-    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 3, monkeypatch)
+    (direct, direct_losses, step), (dynamo, dynamo_losses, _) = direct_and_dynamo_runs(train, case, 3)
     assert step.direct == [] and step.direct_failed == {'cpp'} and not static_step.CompiledStep.failed
     assert 'warning' not in capsys.readouterr().err
     assert direct_losses == dynamo_losses
@@ -614,6 +616,8 @@ def test_new_models_reuse_the_compiled_step_and_past_the_recompile_limit(train, 
     at Dynamo's recompile limit: the run goes on with the fast step and one warning."""
     from torch._dynamo import config as dynamo
     from training import train_epoch
+    if direct and not aot_available():
+        pytest.skip('no ahead-of-time compilation: DIRECT calls through Dynamo')
     monkeypatch.setattr(static_step.CompiledStep, 'failed', False)
     monkeypatch.setattr(static_step.CompiledStep, 'DIRECT', direct)
     monkeypatch.setattr(static_step, '_compiled', None)
