@@ -426,7 +426,7 @@ class CompiledStep:
             with compilation_timer(self.compiled):
                 return compiled(*args, deferred=deferred)
         key = (wrapper, deferred, loss, torch.is_grad_enabled(), torch.are_deterministic_algorithms_enabled(),
-               model.Wy.device, inputs.device, inputs.shape, inputs.dtype, candidates.shape, candidates.dtype,
+               inputs.device, inputs.shape, inputs.dtype, candidates.shape, candidates.dtype,
                reset.shape, None if correction is None else (correction.shape, correction.dtype),
                tuple((h.shape, h.dtype) for h in hidden))
         if self.direct_last is not None and self.direct_last[0] == key:
